@@ -1,0 +1,34 @@
+// Launchers for every kernel of the core: each op has a CPU twin (OpenMP) and a CUDA twin over
+// the same inline math in monst3r/geometry.h. Arrays are C-contiguous float32.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace monst3r {
+
+// depth:  (N, H, W)      z-depth, any unit (points come out in the same unit)
+// focal:  (N,)           focal length in pixels
+// pp:     (N, 2)         principal point (cx, cy) in pixels
+// points: (N, H, W, 3)   output, camera frame of each view
+void depth_to_points_cpu(const float* depth, const float* focal, const float* pp, float* points,
+                         int64_t n, int64_t h, int64_t w);
+
+// Number of OpenMP threads the CPU kernels use (1 when built without OpenMP).
+int cpu_num_threads();
+void set_cpu_num_threads(int n);
+
+#ifdef MONST3R_RT_WITH_CUDA
+// Same contract as the CPU twin; every pointer is device memory; `stream` is a cudaStream_t
+// (0 = legacy default stream). Returns an empty string on success, else the CUDA error text.
+std::string depth_to_points_cuda(const float* depth, const float* focal, const float* pp,
+                                 float* points, int64_t n, int64_t h, int64_t w, void* stream);
+
+// Usable CUDA devices (0 when no driver / no GPU); `reason` says why when 0.
+int cuda_device_count(std::string* reason);
+std::string cuda_device_name(int index);
+int cuda_runtime_version();
+int cuda_driver_version();
+#endif
+
+}  // namespace monst3r

@@ -1,0 +1,32 @@
+"""monst3r_rt: MonST3R 4D reconstruction from video, accelerated with C++/CUDA kernels and TensorRT.
+
+Heavy dependencies (torch, onnxruntime, tensorrt, cupy) are optional and imported only by the
+functions that need them, so ``import monst3r_rt`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+# public name -> module that defines it (imported on first access)
+_LAZY: dict[str, str] = {
+    "depth_to_points": "geometry",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'monst3r_rt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

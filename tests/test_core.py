@@ -1,0 +1,166 @@
+"""The compiled core: what it was built with, and the depth_to_points kernel twins."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import monst3r_rt
+from conftest import cuda_arrays_available
+from monst3r_rt import _core
+from monst3r_rt.geometry import depth_to_points
+
+
+def reference_depth_to_points(depth, focal, pp):
+    """Slow, obvious reference: a Python loop over views with K^-1 in float64."""
+    n, h, w = depth.shape
+    out = np.zeros((n, h, w, 3))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    for i in range(n):
+        kinv = np.linalg.inv(
+            np.array([[focal[i], 0, pp[i, 0]], [0, focal[i], pp[i, 1]], [0, 0, 1]])
+        )
+        rays = np.stack([xs, ys, np.ones_like(xs)], -1) @ kinv.T
+        out[i] = rays * depth[i][..., None]
+    return out
+
+
+def test_build_info_is_complete():
+    info = _core.build_info()
+    assert info["version"] == monst3r_rt.__version__
+    assert info["compiler"]
+    assert info["omp_threads"] >= 1
+    assert info["cuda"] == _core.has_cuda
+    if info["cuda"]:
+        assert "sm_87" in info["cuda_architectures"]  # Jetson Orin
+        assert "sm_90" in info["cuda_architectures"]  # Hopper
+        assert info["cuda_version"]
+    else:
+        assert info["cuda_reason"]
+
+
+@pytest.mark.skipif(os.environ.get("MONST3R_RT_EXPECT_CUDA") != "1", reason="CI-only build check")
+def test_ci_build_compiled_cuda():
+    """CI sets MONST3R_RT_EXPECT_CUDA=1 so the CUDA sources are compiled on every run."""
+    assert _core.build_info()["cuda"], _core.build_info()["cuda_reason"]
+
+
+def test_cuda_device_count_never_raises():
+    count = _core.cuda_device_count()
+    status = _core.cuda_status()
+    assert count == status["device_count"] >= 0
+    assert len(status["devices"]) == count
+    if count == 0:
+        assert status["reason"]
+
+
+def test_depth_to_points_matches_reference(rng):
+    n, h, w = 3, 7, 11
+    depth = rng.uniform(0.5, 5.0, (n, h, w)).astype(np.float32)
+    focal = rng.uniform(100, 600, n).astype(np.float32)
+    pp = rng.uniform(2, 6, (n, 2)).astype(np.float32)
+    got = depth_to_points(depth, focal, pp)
+    assert got.shape == (n, h, w, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(
+        got, reference_depth_to_points(depth, focal, pp), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_depth_to_points_closed_form():
+    """Default principal point is (W/2, H/2): pixel (W/2, H/2) lies on the optical axis."""
+    depth = np.full((1, 4, 6), 2.0, np.float32)
+    pts = depth_to_points(depth, np.float32(4.0))
+    np.testing.assert_array_equal(pts[0, 2, 3], [0.0, 0.0, 2.0])
+    np.testing.assert_allclose(pts[0, 0, 0], [(0 - 3) / 4 * 2, (0 - 2) / 4 * 2, 2.0])
+
+
+def test_depth_to_points_thread_count_does_not_change_result(rng):
+    depth = rng.uniform(1, 2, (2, 33, 17)).astype(np.float32)
+    focal = np.array([50.0, 70.0], np.float32)
+    before = _core.num_threads()
+    try:
+        _core.set_num_threads(1)
+        one = depth_to_points(depth, focal)
+    finally:
+        _core.set_num_threads(before)
+    np.testing.assert_array_equal(one, depth_to_points(depth, focal))
+
+
+@pytest.mark.parametrize(
+    ("depth", "focal", "pp", "message"),
+    [
+        (
+            np.ones((4, 4), np.float32),
+            np.ones(1, np.float32),
+            np.ones((1, 2)),
+            r"depth .*\(N,H,W\)",
+        ),
+        (np.ones((2, 4, 4), np.float32), np.ones(3, np.float32), np.ones((2, 2)), r"focal .*\(3\)"),
+        (np.ones((2, 4, 4), np.float32), np.ones(2, np.float32), np.ones((2, 3)), r"pp .*\(2,3\)"),
+    ],
+)
+def test_depth_to_points_bad_shapes_name_the_input(depth, focal, pp, message):
+    with pytest.raises(ValueError, match=message):
+        _core.depth_to_points(depth, focal, pp)
+
+
+def test_cuda_twin_matches_cpu(rng):
+    ok, reason = cuda_arrays_available()
+    if not ok:
+        pytest.skip(reason)
+    import torch
+
+    depth = rng.uniform(0.5, 5.0, (4, 37, 53)).astype(np.float32)
+    focal = rng.uniform(100, 600, 4).astype(np.float32)
+    pp = rng.uniform(10, 30, (4, 2)).astype(np.float32)
+    cpu = depth_to_points(depth, focal, pp)
+    dev = [torch.from_numpy(a).cuda() for a in (depth, focal, pp)]
+    gpu = depth_to_points(*dev)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_entry_without_gpu_is_a_clear_error():
+    if _core.cuda_device_count() > 0:
+        pytest.skip("a GPU is present")
+    if not _core.has_cuda:
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            _core.depth_to_points_cuda(0, 0, 0, 0, 1, 1, 1)
+    else:
+        with pytest.raises(RuntimeError, match="depth_to_points_cuda"):
+            _core.depth_to_points_cuda(0, 0, 0, 0, 1, 1, 1)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "monst3r_rt.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_version():
+    res = _cli("--version")
+    assert res.returncode == 0
+    assert res.stdout.strip() == f"monst3r-rt {monst3r_rt.__version__}"
+
+
+def test_cli_doctor_table_is_truthful():
+    import json
+
+    res = _cli("doctor", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: (r["ok"], r["detail"]) for r in json.loads(res.stdout)}
+    assert rows["CPU kernels"][0] is True
+    assert rows["CUDA kernels compiled"][0] is _core.has_cuda
+    assert rows["GPU visible"][0] is (_core.cuda_device_count() > 0)
+    for name in ("torch", "onnxruntime", "TensorRT", "cupy"):
+        ok, detail = rows[name]
+        assert detail, f"{name}: no version or reason"
+        assert ok is (importlib.util.find_spec(name) is not None) or "import failed" in detail
+    table = _cli("doctor").stdout
+    for name in rows:
+        assert name in table
