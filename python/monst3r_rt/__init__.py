@@ -13,6 +13,17 @@ from ._version import __version__
 
 # public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
+    # frames → pairs → network → inference
+    "Frames": "frames",
+    "FrameError": "frames",
+    "load_frames": "frames",
+    "make_pairs": "pairs",
+    "PointmapNet": "network",
+    "load_model": "network",
+    "save_checkpoint": "network",
+    "infer_pairs": "inference",
+    "PairwisePredictions": "inference",
+    # kernels
     "depth_to_points": "geometry",
 }
 

@@ -127,7 +127,8 @@ def _check_pairs(pairs: Sequence[tuple[int, int]] | np.ndarray, n: int) -> np.nd
     bad = (edges < 0) | (edges >= n)
     if bad.any():
         e = int(np.argwhere(bad)[0, 0])
-        raise ValueError(f"pair {e} = {tuple(edges[e].tolist())} references a frame outside 0..{n - 1}")
+        pair = tuple(edges[e].tolist())
+        raise ValueError(f"pair {e} = {pair} references a frame outside 0..{n - 1}")
     return edges
 
 
