@@ -24,10 +24,20 @@ from monst3r_rt.network import (  # noqa: E402
 )
 
 TINY_DPT = dict(
-    pos_embed="RoPE100", patch_embed_cls="PatchEmbedDust3R", img_size=(64, 64),
-    head_type="dpt", output_mode="pts3d", depth_mode=("exp", -math.inf, math.inf),
-    conf_mode=("exp", 1, math.inf), enc_embed_dim=32, enc_depth=2, enc_num_heads=2,
-    dec_embed_dim=32, dec_depth=10, dec_num_heads=2, landscape_only=False,
+    pos_embed="RoPE100",
+    patch_embed_cls="PatchEmbedDust3R",
+    img_size=(64, 64),
+    head_type="dpt",
+    output_mode="pts3d",
+    depth_mode=("exp", -math.inf, math.inf),
+    conf_mode=("exp", 1, math.inf),
+    enc_embed_dim=32,
+    enc_depth=2,
+    enc_num_heads=2,
+    dec_embed_dim=32,
+    dec_depth=10,
+    dec_num_heads=2,
+    landscape_only=False,
 )
 TINY_LINEAR = dict(TINY_DPT, head_type="linear", dec_depth=2, img_size=(32, 48))
 
@@ -109,8 +119,10 @@ def test_hf_roundtrip_dpt(dpt_net: PointmapNet, tmp_path: Path) -> None:
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["format"] == "pt"
-    assert (meta["downstream_head2.dpt.scratch.layer_rn.0.weight"]
-            == "downstream_head2.dpt.scratch.layer1_rn.weight")
+    assert (
+        meta["downstream_head2.dpt.scratch.layer_rn.0.weight"]
+        == "downstream_head2.dpt.scratch.layer1_rn.weight"
+    )
     _assert_same_outputs(dpt_net, load_model(out))
     _assert_same_outputs(dpt_net, load_model(out / "model.safetensors"))
 
@@ -154,11 +166,18 @@ def _official_pth(path: Path, sd: dict, model_str: str, **extra: object) -> Path
     return path
 
 
-def test_official_string_with_many_ar_and_training_keys(linear_net: PointmapNet,
-                                                        tmp_path: Path) -> None:
+def test_official_string_with_many_ar_and_training_keys(
+    linear_net: PointmapNet, tmp_path: Path
+) -> None:
     sd = linear_net.state_dict()
-    p = _official_pth(tmp_path / "o.pth", sd, TINY_LINEAR_STR, epoch=3, best_so_far=0.5,
-                      optimizer={"state": {}, "param_groups": [{"lr": 1e-4}]})
+    p = _official_pth(
+        tmp_path / "o.pth",
+        sd,
+        TINY_LINEAR_STR,
+        epoch=3,
+        best_so_far=0.5,
+        optimizer={"state": {}, "param_groups": [{"lr": 1e-4}]},
+    )
     net = load_model(p)
     assert net.config["patch_embed_cls"] == "PatchEmbedDust3R"
     assert net.config["landscape_only"] is False
@@ -179,18 +198,23 @@ def test_alias_keys_either_name(dpt_net: PointmapNet, tmp_path: Path) -> None:
 
 
 def test_missing_dec_blocks2_copied(linear_net: PointmapNet, tmp_path: Path) -> None:
-    sd = {k: v for k, v in linear_net.state_dict().items()
-          if not k.startswith("dec_blocks2") and k != "mask_token"}
+    sd = {
+        k: v
+        for k, v in linear_net.state_dict().items()
+        if not k.startswith("dec_blocks2") and k != "mask_token"
+    }
     p = _official_pth(tmp_path / "d.pth", sd, TINY_LINEAR_STR)
     net = load_model(p)
     lsd = net.state_dict()
     for k, v in lsd.items():
         if k.startswith("dec_blocks."):
-            k2 = "dec_blocks2." + k[len("dec_blocks."):]
+            k2 = "dec_blocks2." + k[len("dec_blocks.") :]
             assert torch.equal(lsd[k2], v)
             assert lsd[k2].data_ptr() != v.data_ptr()
-    assert not torch.equal(lsd["dec_blocks.0.attn.qkv.weight"],
-                           linear_net.state_dict()["dec_blocks2.0.attn.qkv.weight"])
+    assert not torch.equal(
+        lsd["dec_blocks.0.attn.qkv.weight"],
+        linear_net.state_dict()["dec_blocks2.0.attn.qkv.weight"],
+    )
     save_checkpoint(net, tmp_path / "hf", format="hf")  # no shared storage
 
 
@@ -211,9 +235,11 @@ def test_unexpected_and_missing_keys_listed(linear_net: PointmapNet, tmp_path: P
     with pytest.raises(CheckpointError, match=r"enc_norm\.weight.*\(7,\)"):
         load_model(p)
     # DPT state dict against a linear constructor: many keys, count reported
-    p = _official_pth(tmp_path / "x.pth", dict(linear_net.state_dict()),
-                      TINY_LINEAR_STR.replace("'linear'", "'dpt'").replace("dec_depth=2",
-                                                                         "dec_depth=10"))
+    p = _official_pth(
+        tmp_path / "x.pth",
+        dict(linear_net.state_dict()),
+        TINY_LINEAR_STR.replace("'linear'", "'dpt'").replace("dec_depth=2", "dec_depth=10"),
+    )
     with pytest.raises(CheckpointError, match=r"missing \d+ key.*more"):
         load_model(p)
 
@@ -295,8 +321,11 @@ def test_constructor_string_rejected(text: str, needle: str) -> None:
 
 
 def test_constructor_string_in_file_rejected(tmp_path: Path, linear_net: PointmapNet) -> None:
-    p = _official_pth(tmp_path / "inj.pth", linear_net.state_dict(),
-                      "AsymmetricCroCo3DStereo(enc_depth=__import__('os').getpid())")
+    p = _official_pth(
+        tmp_path / "inj.pth",
+        linear_net.state_dict(),
+        "AsymmetricCroCo3DStereo(enc_depth=__import__('os').getpid())",
+    )
     with pytest.raises(CheckpointError, match=r"inj\.pth.*__import__"):
         load_model(p)
 
@@ -326,8 +355,9 @@ def test_official_constructor_strings_parse() -> None:
 
 
 # ---------------------------------------------------------------- hub (no network)
-def test_hub_repo_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                     linear_net: PointmapNet) -> None:
+def test_hub_repo_id(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, linear_net: PointmapNet
+) -> None:
     hub = pytest.importorskip("huggingface_hub")
     repo = "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt"
 

@@ -14,10 +14,18 @@ from monst3r_rt.network.blocks import RoPE2D, apply_rope  # noqa: E402
 from monst3r_rt.network.heads import postprocess  # noqa: E402
 
 TINY_DPT = dict(
-    pos_embed="RoPE100", img_size=(64, 64), head_type="dpt", output_mode="pts3d",
-    depth_mode=("exp", -math.inf, math.inf), conf_mode=("exp", 1, math.inf),
-    enc_embed_dim=32, enc_depth=2, enc_num_heads=2,
-    dec_embed_dim=32, dec_depth=10, dec_num_heads=2,
+    pos_embed="RoPE100",
+    img_size=(64, 64),
+    head_type="dpt",
+    output_mode="pts3d",
+    depth_mode=("exp", -math.inf, math.inf),
+    conf_mode=("exp", 1, math.inf),
+    enc_embed_dim=32,
+    enc_depth=2,
+    enc_num_heads=2,
+    dec_embed_dim=32,
+    dec_depth=10,
+    dec_num_heads=2,
 )
 TINY_LINEAR = dict(TINY_DPT, head_type="linear", dec_depth=2, img_size=(32, 48))
 
@@ -65,14 +73,14 @@ def _rope_naive(tokens: np.ndarray, h: int, w: int, base: float) -> np.ndarray:
         for t in range(n):
             y, x = divmod(t, w)
             for half, p in ((0, y), (1, x)):
-                u = tokens[hd, t, half * d:(half + 1) * d]
+                u = tokens[hd, t, half * d : (half + 1) * d]
                 r = np.empty(d)
                 for k in range(d // 2):
                     theta = p / base ** (2 * k / d)
                     c, s = math.cos(theta), math.sin(theta)
                     r[k] = u[k] * c - u[k + d // 2] * s
                     r[k + d // 2] = u[k + d // 2] * c + u[k] * s
-                out[hd, t, half * d:(half + 1) * d] = r
+                out[hd, t, half * d : (half + 1) * d] = r
     return out
 
 
@@ -142,15 +150,15 @@ def test_encoder_block_matches_naive_reference(dpt_net: PointmapNet) -> None:
     qkv = y @ sd["attn.qkv.weight"].T + sd["attn.qkv.bias"]  # (T, 3C), layout (3, heads, dh)
     attn_out = np.zeros((h * w, c))
     for hd in range(heads):
-        q = qkv[:, 0 * c + hd * dh:0 * c + (hd + 1) * dh]
-        k = qkv[:, 1 * c + hd * dh:1 * c + (hd + 1) * dh]
-        v = qkv[:, 2 * c + hd * dh:2 * c + (hd + 1) * dh]
+        q = qkv[:, 0 * c + hd * dh : 0 * c + (hd + 1) * dh]
+        k = qkv[:, 1 * c + hd * dh : 1 * c + (hd + 1) * dh]
+        v = qkv[:, 2 * c + hd * dh : 2 * c + (hd + 1) * dh]
         q = _rope_naive(q[None], h, w, 100.0)[0]
         k = _rope_naive(k[None], h, w, 100.0)[0]
         logits = q @ k.T / math.sqrt(dh)
         a = np.exp(logits - logits.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
-        attn_out[:, hd * dh:(hd + 1) * dh] = a @ v
+        attn_out[:, hd * dh : (hd + 1) * dh] = a @ v
     xs = xs + attn_out @ sd["attn.proj.weight"].T + sd["attn.proj.bias"]
     y = ln(xs, "norm2")
     hid = y @ sd["mlp.fc1.weight"].T + sd["mlp.fc1.bias"]
@@ -161,8 +169,9 @@ def test_encoder_block_matches_naive_reference(dpt_net: PointmapNet) -> None:
 
 # ---------------------------------------------------------------- encode once
 @pytest.mark.parametrize("which", ["dpt", "linear"])
-def test_encode_decode_equals_forward(which: str, dpt_net: PointmapNet,
-                                      linear_net: PointmapNet) -> None:
+def test_encode_decode_equals_forward(
+    which: str, dpt_net: PointmapNet, linear_net: PointmapNet
+) -> None:
     net = dpt_net if which == "dpt" else linear_net
     i1, i2 = _imgs(2, 48, 80, 11)
     with torch.no_grad():
@@ -184,13 +193,14 @@ def test_encode_decode_equals_forward(which: str, dpt_net: PointmapNet,
 
 
 @pytest.mark.parametrize("which", ["dpt", "linear"])
-def test_batch_of_two_equals_two_singles(which: str, dpt_net: PointmapNet,
-                                         linear_net: PointmapNet) -> None:
+def test_batch_of_two_equals_two_singles(
+    which: str, dpt_net: PointmapNet, linear_net: PointmapNet
+) -> None:
     net = dpt_net if which == "dpt" else linear_net
     i1, i2 = _imgs(2, 32, 48, 12)
     with torch.no_grad():
         both = net(i1, i2)
-        singles = [net(i1[b:b + 1], i2[b:b + 1]) for b in range(2)]
+        singles = [net(i1[b : b + 1], i2[b : b + 1]) for b in range(2)]
     for k in range(4):
         cat = torch.cat([s[k] for s in singles], 0)
         scale = float(cat.abs().max())

@@ -180,7 +180,7 @@ def load_state_dict_into(
         for k in list(sd):
             if k.startswith("dec_blocks."):
                 # clone: the two decoders must not share storage (safetensors refuses that)
-                sd["dec_blocks2." + k[len("dec_blocks."):]] = sd[k].clone()
+                sd["dec_blocks2." + k[len("dec_blocks.") :]] = sd[k].clone()
 
     own = net.state_dict(keep_vars=True)
     if "mask_token" in sd and tuple(sd["mask_token"].shape) != tuple(own["mask_token"].shape):
@@ -209,8 +209,10 @@ def load_state_dict_into(
             + (" ..." if len(bad) > 5 else "")
         )
     # Cast to float32 where needed so that `.to(dtype)` later applies uniformly.
-    sd = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v)
-          for k, v in sd.items()}
+    sd = {
+        k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v)
+        for k, v in sd.items()
+    }
     net.load_state_dict(sd, strict=True, assign=True)
 
 
@@ -236,9 +238,7 @@ def _read_pth(path: Path) -> tuple[dict[str, Any], Mapping[str, Any]]:
             f"{where}: expected a dict with 'model' and 'args', got {type(ckpt).__name__}"
         )
     if "args" not in ckpt:
-        hint = (
-            "it looks like a bare state dict" if "model" not in ckpt else "it has 'model' only"
-        )
+        hint = "it looks like a bare state dict" if "model" not in ckpt else "it has 'model' only"
         raise CheckpointError(
             f"{where}: checkpoint has no 'args' (the model constructor string); {hint}. "
             "Official .pth checkpoints are {'model': state_dict, 'args': Namespace(model=...)}"

@@ -89,8 +89,10 @@ def _pair(v: Any, name: str) -> tuple[int, int]:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
         return (v, v)
-    if isinstance(v, tuple) and len(v) == 2 and all(
-        isinstance(x, int) and not isinstance(x, bool) for x in v
+    if (
+        isinstance(v, tuple)
+        and len(v) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
     ):
         return (v[0], v[1])
     raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
@@ -136,8 +138,7 @@ class PointmapNet(nn.Module):
         unknown = sorted(set(kwargs) - set(DEFAULT_KWARGS))
         if unknown:
             raise TypeError(
-                f"PointmapNet got unknown argument(s) {unknown}; "
-                f"accepted: {sorted(DEFAULT_KWARGS)}"
+                f"PointmapNet got unknown argument(s) {unknown}; accepted: {sorted(DEFAULT_KWARGS)}"
             )
         self.config: dict[str, Any] = {k: _freeze_value(v) for k, v in kwargs.items()}
         cfg = {**DEFAULT_KWARGS, **self.config}
@@ -162,14 +163,17 @@ class PointmapNet(nn.Module):
         rope_base = float(m.group(1))
         dm = cfg["depth_mode"]
         if not (isinstance(dm, tuple) and len(dm) == 3 and dm[0] in DEPTH_MODES):
-            raise ValueError(f"depth_mode must be (mode, vmin, vmax) with mode in {DEPTH_MODES}, "
-                             f"got {dm!r}")
+            raise ValueError(
+                f"depth_mode must be (mode, vmin, vmax) with mode in {DEPTH_MODES}, got {dm!r}"
+            )
         if dm[1] != -inf or dm[2] != inf:
             raise ValueError(f"depth_mode must be unbounded (-inf, inf), got {dm!r}")
         cm = cfg["conf_mode"]
         if not (isinstance(cm, tuple) and len(cm) == 3 and cm[0] in CONF_MODES):
-            raise ValueError(f"conf_mode must be (mode, vmin, vmax) with mode in {CONF_MODES}, "
-                             f"got {cm!r} (models without confidence are not supported)")
+            raise ValueError(
+                f"conf_mode must be (mode, vmin, vmax) with mode in {CONF_MODES}, "
+                f"got {cm!r} (models without confidence are not supported)"
+            )
         for v in cm[1:]:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"conf_mode bounds must be numbers, got {cm!r}")
@@ -195,8 +199,10 @@ class PointmapNet(nn.Module):
                 )
         if cfg["head_type"] == "dpt":
             if dec_depth <= 9:
-                raise ValueError(f"head_type='dpt' needs dec_depth > 9 (official assert), "
-                                 f"got dec_depth={dec_depth}")
+                raise ValueError(
+                    f"head_type='dpt' needs dec_depth > 9 (official assert), "
+                    f"got dec_depth={dec_depth}"
+                )
             if patch_size != 16:
                 raise ValueError(f"head_type='dpt' needs patch_size=16, got {patch_size}")
 
