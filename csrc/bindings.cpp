@@ -54,13 +54,11 @@ py::array_t<float> depth_to_points(const FloatArray& depth, const FloatArray& fo
   return out;
 }
 
-#ifndef MONST3R_RT_WITH_CUDA
-[[noreturn]] void no_cuda() {
+[[maybe_unused]] [[noreturn]] void no_cuda() {
   throw std::runtime_error(
       "monst3r_rt._core was built without CUDA kernels (" MONST3R_RT_CUDA_REASON
       "); rebuild with a CUDA compiler and MONST3R_RT_CUDA=ON");
 }
-#endif
 
 void depth_to_points_cuda(std::uintptr_t depth, std::uintptr_t focal, std::uintptr_t pp,
                           std::uintptr_t points, int64_t n, int64_t h, int64_t w,
@@ -80,6 +78,180 @@ void depth_to_points_cuda(std::uintptr_t depth, std::uintptr_t focal, std::uintp
   (void)depth, (void)focal, (void)pp, (void)points, (void)n, (void)h, (void)w, (void)stream;
   no_cuda();
 #endif
+}
+
+// ---- alignment -------------------------------------------------------------------------------
+
+template <typename T>
+const T* checked(const py::array& a, const char* name, const std::vector<int64_t>& shape,
+                 const char* shape_text) {
+  check_shape(a, name, shape, shape_text);
+  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be a C-contiguous " +
+                          (sizeof(T) == 4 ? "float32" : "float64") + " array");
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+py::tuple align_energy_grad_impl(const py::array& edges, const py::array& pts_i,
+                                 const py::array& pts_j, const py::array& w_i,
+                                 const py::array& w_j, const py::array& log_depth,
+                                 const py::array& rot, const py::array& trans,
+                                 const py::array& focal, const py::array& pp,
+                                 const py::array& edge_rot, const py::array& edge_trans,
+                                 const py::array& edge_scale, const py::object& flow_ij,
+                                 const py::object& flow_ji, const py::object& static_mask,
+                                 const py::object& flow_rot, const py::object& flow_trans,
+                                 double pixel_thr) {
+  check_shape(pts_i, "pts_i", {-1, -1, -1, 3}, "(E,H,W,3)");
+  check_shape(log_depth, "log_depth", {-1, -1, -1}, "(N,H,W)");
+  const int64_t e = pts_i.shape(0), h = pts_i.shape(1), w = pts_i.shape(2);
+  const int64_t n = log_depth.shape(0);
+  monst3r::AlignProblem<T> pb;
+  pb.n_frames = n;
+  pb.n_edges = e;
+  pb.height = h;
+  pb.width = w;
+  check_shape(edges, "edges", {e, 2}, "(E,2)");
+  if (!py::isinstance<py::array_t<int64_t>>(edges) || !(edges.flags() & py::array::c_style))
+    throw py::value_error("edges must be a C-contiguous int64 array");
+  pb.edges = static_cast<const int64_t*>(edges.data());
+  for (int64_t k = 0; k < 2 * e; ++k)
+    if (pb.edges[k] < 0 || pb.edges[k] >= n)
+      throw py::value_error("edges reference frame " + std::to_string(pb.edges[k]) +
+                            " outside 0.." + std::to_string(n - 1));
+  pb.pts[0] = checked<T>(pts_i, "pts_i", {e, h, w, 3}, "(E,H,W,3)");
+  pb.pts[1] = checked<T>(pts_j, "pts_j", {e, h, w, 3}, "(E,H,W,3) like pts_i");
+  pb.weight[0] = checked<T>(w_i, "w_i", {e, h, w}, "(E,H,W)");
+  pb.weight[1] = checked<T>(w_j, "w_j", {e, h, w}, "(E,H,W)");
+  pb.log_depth = checked<T>(log_depth, "log_depth", {n, h, w}, "(N,H,W) with H,W of pts_i");
+  pb.rot = checked<T>(rot, "rot", {n, 3, 3}, "(N,3,3)");
+  pb.trans = checked<T>(trans, "trans", {n, 3}, "(N,3)");
+  pb.focal = checked<T>(focal, "focal", {n}, "(N,)");
+  pb.pp = checked<T>(pp, "pp", {n, 2}, "(N,2)");
+  pb.edge_rot = checked<T>(edge_rot, "edge_rot", {e, 3, 3}, "(E,3,3)");
+  pb.edge_trans = checked<T>(edge_trans, "edge_trans", {e, 3}, "(E,3)");
+  pb.edge_scale = checked<T>(edge_scale, "edge_scale", {e}, "(E,)");
+
+  const bool with_flow = !flow_ij.is_none();
+  py::array a_fij, a_fji, a_mask, a_frot, a_ftrans;  // keep the arrays alive during the call
+  if (with_flow) {
+    if (flow_ji.is_none() || static_mask.is_none() || flow_rot.is_none() || flow_trans.is_none())
+      throw py::value_error("flow_ij, flow_ji, static_mask, flow_rot and flow_trans go together");
+    a_fij = flow_ij.cast<py::array>();
+    a_fji = flow_ji.cast<py::array>();
+    a_mask = static_mask.cast<py::array>();
+    a_frot = flow_rot.cast<py::array>();
+    a_ftrans = flow_trans.cast<py::array>();
+    pb.flow[0] = checked<T>(a_fij, "flow_ij", {e, 2, h, w}, "(E,2,H,W)");
+    pb.flow[1] = checked<T>(a_fji, "flow_ji", {e, 2, h, w}, "(E,2,H,W)");
+    pb.static_mask = checked<T>(a_mask, "static_mask", {n, h, w}, "(N,H,W)");
+    pb.flow_rot = checked<T>(a_frot, "flow_rot", {e, 2, 3, 3}, "(E,2,3,3)");
+    pb.flow_trans = checked<T>(a_ftrans, "flow_trans", {e, 2, 3}, "(E,2,3)");
+    pb.pixel_thr = static_cast<T>(pixel_thr);
+  }
+
+  py::array_t<T> g_depth({n, h, w}), g_frame({n, int64_t{monst3r::kFrameGrad}}),
+      g_edge({e, int64_t{monst3r::kEdgeGrad}});
+  py::array_t<T> g_depth_flow(with_flow ? std::vector<int64_t>{2, n, h, w}
+                                        : std::vector<int64_t>{0});
+  py::array_t<T> g_flow(with_flow ? std::vector<int64_t>{e, 2, monst3r::kFlowGrad}
+                                  : std::vector<int64_t>{0});
+  double energy = 0.0, flow_stats[4] = {0.0, 0.0, 0.0, 0.0};
+  monst3r::AlignGrad<T> out{&energy, g_depth.mutable_data(), g_frame.mutable_data(),
+                            g_edge.mutable_data()};
+  if (with_flow) {
+    out.flow_stats = flow_stats;
+    out.grad_log_depth_flow = g_depth_flow.mutable_data();
+    out.grad_flow = g_flow.mutable_data();
+  }
+  {
+    py::gil_scoped_release release;
+    monst3r::align_energy_grad_cpu<T>(pb, out);
+  }
+  if (!with_flow) return py::make_tuple(energy, g_depth, g_frame, g_edge);
+  py::tuple stats = py::make_tuple(flow_stats[0], flow_stats[1], flow_stats[2], flow_stats[3]);
+  return py::make_tuple(energy, g_depth, g_frame, g_edge, stats, g_depth_flow, g_flow);
+}
+
+py::tuple align_energy_grad(const py::array& edges, const py::array& pts_i,
+                            const py::array& pts_j, const py::array& w_i, const py::array& w_j,
+                            const py::array& log_depth, const py::array& rot,
+                            const py::array& trans, const py::array& focal, const py::array& pp,
+                            const py::array& edge_rot, const py::array& edge_trans,
+                            const py::array& edge_scale, const py::object& flow_ij,
+                            const py::object& flow_ji, const py::object& static_mask,
+                            const py::object& flow_rot, const py::object& flow_trans,
+                            double pixel_thr) {
+  if (py::isinstance<py::array_t<double>>(pts_i))
+    return align_energy_grad_impl<double>(edges, pts_i, pts_j, w_i, w_j, log_depth, rot, trans,
+                                          focal, pp, edge_rot, edge_trans, edge_scale, flow_ij,
+                                          flow_ji, static_mask, flow_rot, flow_trans, pixel_thr);
+  return align_energy_grad_impl<float>(edges, pts_i, pts_j, w_i, w_j, log_depth, rot, trans,
+                                       focal, pp, edge_rot, edge_trans, edge_scale, flow_ij,
+                                       flow_ji, static_mask, flow_rot, flow_trans, pixel_thr);
+}
+
+template <typename T>
+void align_energy_grad_cuda_impl(const std::vector<std::uintptr_t>& ptr, int64_t n, int64_t e,
+                                 int64_t h, int64_t w, double pixel_thr, std::uintptr_t stream) {
+#ifdef MONST3R_RT_WITH_CUDA
+  monst3r::AlignProblem<T> pb;
+  pb.n_frames = n;
+  pb.n_edges = e;
+  pb.height = h;
+  pb.width = w;
+  auto in = [&](size_t k) { return reinterpret_cast<const T*>(ptr[k]); };
+  auto outp = [&](size_t k) { return reinterpret_cast<T*>(ptr[k]); };
+  pb.edges = reinterpret_cast<const int64_t*>(ptr[0]);
+  pb.pts[0] = in(1);
+  pb.pts[1] = in(2);
+  pb.weight[0] = in(3);
+  pb.weight[1] = in(4);
+  pb.log_depth = in(5);
+  pb.rot = in(6);
+  pb.trans = in(7);
+  pb.focal = in(8);
+  pb.pp = in(9);
+  pb.edge_rot = in(10);
+  pb.edge_trans = in(11);
+  pb.edge_scale = in(12);
+  monst3r::AlignGrad<T> out{reinterpret_cast<double*>(ptr[13]), outp(14), outp(15), outp(16)};
+  if (ptr[17] != 0) {  // flow term
+    pb.flow[0] = in(17);
+    pb.flow[1] = in(18);
+    pb.static_mask = in(19);
+    pb.flow_rot = in(20);
+    pb.flow_trans = in(21);
+    out.flow_stats = reinterpret_cast<double*>(ptr[22]);
+    out.grad_log_depth_flow = outp(23);
+    out.grad_flow = outp(24);
+    pb.pixel_thr = static_cast<T>(pixel_thr);
+  }
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = monst3r::align_energy_grad_cuda<T>(pb, out, reinterpret_cast<void*>(stream));
+  }
+  if (!err.empty()) throw std::runtime_error("align_energy_grad_cuda: " + err);
+#else
+  (void)ptr, (void)n, (void)e, (void)h, (void)w, (void)pixel_thr, (void)stream;
+  no_cuda();
+#endif
+}
+
+void align_energy_grad_cuda(const std::string& dtype, const std::vector<std::uintptr_t>& ptrs,
+                            int64_t n, int64_t e, int64_t h, int64_t w, double pixel_thr,
+                            std::uintptr_t stream) {
+  if (ptrs.size() != 25)
+    throw py::value_error("align_energy_grad_cuda takes 25 pointers (0 for an absent flow term)");
+  if (n < 1 || e < 1 || h < 1 || w < 1) throw py::value_error("N, E, H, W must be positive");
+  if (dtype == "float32")
+    align_energy_grad_cuda_impl<float>(ptrs, n, e, h, w, pixel_thr, stream);
+  else if (dtype == "float64")
+    align_energy_grad_cuda_impl<double>(ptrs, n, e, h, w, pixel_thr, stream);
+  else
+    throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
 }
 
 py::dict build_info() {
@@ -162,6 +334,28 @@ PYBIND11_MODULE(_core, m) {
         py::arg("stream") = 0,
         "CUDA: raw device pointers (float32, contiguous) and a cudaStream_t handle; same "
         "contract as depth_to_points.");
+  m.def("align_energy_grad", &align_energy_grad, py::arg("edges"), py::arg("pts_i"),
+        py::arg("pts_j"), py::arg("w_i"), py::arg("w_j"), py::arg("log_depth"), py::arg("rot"),
+        py::arg("trans"), py::arg("focal"), py::arg("pp"), py::arg("edge_rot"),
+        py::arg("edge_trans"), py::arg("edge_scale"), py::arg("flow_ij") = py::none(),
+        py::arg("flow_ji") = py::none(), py::arg("static_mask") = py::none(),
+        py::arg("flow_rot") = py::none(), py::arg("flow_trans") = py::none(),
+        py::arg("pixel_thr") = 50.0,
+        "CPU alignment energy Σ w‖R_v c + T_v − (σ_e R_e pred + t_e)‖ over both views of every "
+        "edge, and its gradients: returns (energy, grad_log_depth (N,H,W), grad_frame (N,13) = "
+        "[dR(9) dT(3) df], grad_edge (E,13) = [dR_e(9) dt_e(3) dσ_e]). float32 or float64. With "
+        "the flow term (flow_ij/flow_ji (E,2,H,W), static_mask (N,H,W), flow_rot (E,2,3,3), "
+        "flow_trans (E,2,3)) also (flow_stats = (sum_ij, count_ij, sum_ji, count_ji), "
+        "grad_log_depth_flow (2,N,H,W), grad_flow (E,2,14) = [dR_rel(9) dt_rel(3) df_src "
+        "df_tgt]) of the unnormalised kept sums of each direction.");
+  m.def("align_energy_grad_cuda", &align_energy_grad_cuda, py::arg("dtype"), py::arg("pointers"),
+        py::arg("n"), py::arg("e"), py::arg("h"), py::arg("w"), py::arg("pixel_thr") = 50.0,
+        py::arg("stream") = 0,
+        "CUDA twin of align_energy_grad: 25 device pointers in the order edges, pts_i, pts_j, "
+        "w_i, w_j, log_depth, rot, trans, focal, pp, edge_rot, edge_trans, edge_scale, "
+        "energy (one float64), grad_log_depth, grad_frame, grad_edge, then flow_ij, flow_ji, "
+        "static_mask, flow_rot, flow_trans, flow_stats (four float64), grad_log_depth_flow, "
+        "grad_flow (all 0 without the flow term).");
   m.attr("has_cuda") = py::bool_(
 #ifdef MONST3R_RT_WITH_CUDA
       true

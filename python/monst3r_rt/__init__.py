@@ -23,6 +23,9 @@ _LAZY: dict[str, str] = {
     "save_checkpoint": "network",
     "infer_pairs": "inference",
     "PairwisePredictions": "inference",
+    "global_align": "align",
+    "AlignConfig": "align",
+    "AlignResult": "align",
     # kernels
     "depth_to_points": "geometry",
 }

@@ -8,3 +8,13 @@
 #endif
 
 #include <cstdint>
+
+#include <cmath>
+
+namespace monst3r {
+// Overloads that pick the single- or double-precision routine on host and device alike.
+MONST3R_HD float m_exp(float x) { return expf(x); }
+MONST3R_HD double m_exp(double x) { return exp(x); }
+MONST3R_HD float m_sqrt(float x) { return sqrtf(x); }
+MONST3R_HD double m_sqrt(double x) { return sqrt(x); }
+}  // namespace monst3r

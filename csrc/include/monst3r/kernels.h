@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "monst3r/align.h"
+
 namespace monst3r {
 
 // depth:  (N, H, W)      z-depth, any unit (points come out in the same unit)
@@ -13,6 +15,10 @@ namespace monst3r {
 // points: (N, H, W, 3)   output, camera frame of each view
 void depth_to_points_cpu(const float* depth, const float* focal, const float* pp, float* points,
                          int64_t n, int64_t h, int64_t w);
+
+// Alignment energy and gradients (see monst3r/align.h for the definition), T = float or double.
+template <typename T>
+void align_energy_grad_cpu(const AlignProblem<T>& problem, const AlignGrad<T>& out);
 
 // Number of OpenMP threads the CPU kernels use (1 when built without OpenMP).
 int cpu_num_threads();
@@ -23,6 +29,11 @@ void set_cpu_num_threads(int n);
 // (0 = legacy default stream). Returns an empty string on success, else the CUDA error text.
 std::string depth_to_points_cuda(const float* depth, const float* focal, const float* pp,
                                  float* points, int64_t n, int64_t h, int64_t w, void* stream);
+
+// CUDA twin: every pointer of `problem` and `out` is device memory (out.energy: one double).
+template <typename T>
+std::string align_energy_grad_cuda(const AlignProblem<T>& problem, const AlignGrad<T>& out,
+                                   void* stream);
 
 // Usable CUDA devices (0 when no driver / no GPU); `reason` says why when 0.
 int cuda_device_count(std::string* reason);

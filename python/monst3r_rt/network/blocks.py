@@ -144,8 +144,16 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Explicit attention: ``softmax(q k^T * scale) v``, shapes ``(B, heads, T, dh)``."""
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, fused: bool = False
+) -> torch.Tensor:
+    """``softmax(q k^T * scale) v``, shapes ``(B, heads, T, dh)``.
+
+    ``fused`` uses PyTorch's ``scaled_dot_product_attention`` (faster in eager mode); the
+    explicit MatMul → Softmax → MatMul form is what ONNX export needs (TensorRT 10.3 parses it).
+    """
+    if fused:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     attn = (q @ k.transpose(-2, -1)) * scale
     attn = attn.softmax(dim=-1)
     return attn @ v
@@ -160,6 +168,7 @@ class Attention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.fused = True  # see PointmapNet.set_fused_attention
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, T, C)``; ``cos``/``sin`` ``(T, dh)`` -> ``(B, T, C)``."""
@@ -169,7 +178,7 @@ class Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
-        out = _attend(q, k, v, self.scale).transpose(1, 2).reshape(b, n, c)
+        out = _attend(q, k, v, self.scale, self.fused).transpose(1, 2).reshape(b, n, c)
         return self.proj(out)
 
 
@@ -184,6 +193,7 @@ class CrossAttention(nn.Module):
         self.projk = nn.Linear(dim, dim, bias=qkv_bias)
         self.projv = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.fused = True  # see PointmapNet.set_fused_attention
 
     def forward(
         self,
@@ -204,7 +214,7 @@ class CrossAttention(nn.Module):
         v = self.projv(value).reshape(b, nk, self.num_heads, dh).permute(0, 2, 1, 3)
         q = apply_rope(q, qcos, qsin)
         k = apply_rope(k, kcos, ksin)
-        out = _attend(q, k, v, self.scale).transpose(1, 2).reshape(b, nq, c)
+        out = _attend(q, k, v, self.scale, self.fused).transpose(1, 2).reshape(b, nq, c)
         return self.proj(out)
 
 

@@ -260,6 +260,16 @@ class PointmapNet(nn.Module):
         self.enc_rope.reset_tables(device)
         self.dec_rope.reset_tables(device)
 
+    def set_fused_attention(self, fused: bool) -> PointmapNet:
+        """Use ``scaled_dot_product_attention`` (default, fastest in PyTorch) or the explicit
+        MatMul → Softmax → MatMul form (for ONNX export). Outputs agree to float rounding."""
+        from .blocks import Attention, CrossAttention
+
+        for m in self.modules():
+            if isinstance(m, (Attention, CrossAttention)):
+                m.fused = bool(fused)
+        return self
+
     @property
     def _param_dtype(self) -> torch.dtype:
         return self.patch_embed.proj.weight.dtype
@@ -361,7 +371,8 @@ class PointmapNet(nn.Module):
     def forward(
         self, img1: torch.Tensor, img2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pairwise pointmaps: exactly ``decode(encode(img1), encode(img2), (H, W))``.
+        """Pairwise pointmaps: ``decode(encode(img1), encode(img2), (H, W))``, with both images
+        encoded in one batch (equal to separate encodes up to float rounding).
 
         Args:
             img1: ``(B, 3, H, W)`` float in ``[-1, 1]``; ``H``, ``W`` multiples of 16.
@@ -377,6 +388,6 @@ class PointmapNet(nn.Module):
             raise ValueError(
                 f"img1 {tuple(img1.shape)} and img2 {tuple(img2.shape)} must have the same shape"
             )
-        f1 = self.encode(img1)
-        f2 = self.encode(img2)
+        # both views through the encoder as one batch, as the official model does
+        f1, f2 = self.encode(torch.cat((img1, img2))).chunk(2)
         return self.decode(f1, f2, (img1.shape[2], img1.shape[3]))

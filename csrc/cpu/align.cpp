@@ -1,0 +1,119 @@
+// CPU twin of the alignment kernel: OpenMP over (frame, pixel chunk) tasks so that every
+// per-pixel log-depth gradient is owned by one task; per-frame and per-edge sums are
+// accumulated in double in thread-local buffers and reduced at the end.
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "monst3r/align.h"
+#include "monst3r/kernels.h"
+
+#ifdef MONST3R_RT_OPENMP
+#include <omp.h>
+#endif
+
+namespace monst3r {
+
+template <typename T>
+void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
+  const int64_t n = pb.n_frames, e_count = pb.n_edges, w = pb.width;
+  const int64_t hw = pb.height * pb.width;
+  // incident[v] = (edge, side) pairs whose side-th view is frame v
+  std::vector<std::vector<std::pair<int64_t, int>>> incident(n);
+  for (int64_t e = 0; e < e_count; ++e) {
+    incident[pb.edges[2 * e]].emplace_back(e, 0);
+    incident[pb.edges[2 * e + 1]].emplace_back(e, 1);
+  }
+  constexpr int64_t kChunk = 1024;
+  const int64_t chunks = (hw + kChunk - 1) / kChunk;
+  const int64_t tasks = n * chunks;
+
+  const bool with_flow = pb.flow[0] != nullptr;
+  std::vector<double> frame_total(n * kFrameGrad, 0.0), edge_total(e_count * kEdgeGrad, 0.0);
+  std::vector<double> flow_total(with_flow ? e_count * 2 * kFlowGrad : 0, 0.0);
+  double energy_total = 0.0, flow_stats_total[4] = {0.0, 0.0, 0.0, 0.0};
+
+#pragma omp parallel
+  {
+    std::vector<double> frame_acc(n * kFrameGrad, 0.0), edge_acc(e_count * kEdgeGrad, 0.0);
+    std::vector<double> flow_acc(flow_total.size(), 0.0);
+    std::vector<T> gl(kChunk), glf(with_flow ? 2 * kChunk : 0);
+    double energy = 0.0, flow_stats[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t v = task / chunks;
+      const int64_t p0 = (task - v * chunks) * kChunk;
+      const int64_t p1 = std::min(hw, p0 + kChunk);
+      std::fill(gl.begin(), gl.end(), T(0));
+      std::fill(glf.begin(), glf.end(), T(0));
+      const T* R = pb.rot + 9 * v;
+      const T* Tv = pb.trans + 3 * v;
+      const T f = pb.focal[v], cx = pb.pp[2 * v], cy = pb.pp[2 * v + 1];
+      const T* logd = pb.log_depth + v * hw;
+      double* facc = frame_acc.data() + v * kFrameGrad;
+      for (const auto& [e, side] : incident[v]) {
+        const T* Re = pb.edge_rot + 9 * e;
+        const T* te = pb.edge_trans + 3 * e;
+        const T sigma = pb.edge_scale[e];
+        const T* pts = pb.pts[side] + e * hw * 3;
+        const T* wts = pb.weight[side] + e * hw;
+        double* eacc = edge_acc.data() + e * kEdgeGrad;
+        for (int64_t p = p0; p < p1; ++p) {
+          const T wp = wts[p];
+          if (wp == T(0)) continue;
+          T g[3], c[3], rc[3], rp[3];
+          const T y = static_cast<T>(p / w), x = static_cast<T>(p % w);
+          energy += align_residual(x, y, logd[p], f, cx, cy, R, Tv, Re, te, sigma, pts + 3 * p,
+                                   wp, g, c, rc, rp);
+          gl[p - p0] += align_accumulate(g, c, rc, rp, R, pts + 3 * p, sigma, f, facc, eacc);
+        }
+        if (!with_flow) continue;
+        const int64_t other = pb.edges[2 * e + 1 - side];
+        const T ft = pb.focal[other], cxt = pb.pp[2 * other], cyt = pb.pp[2 * other + 1];
+        const T* Rrel = pb.flow_rot + (2 * e + side) * 9;
+        const T* trel = pb.flow_trans + (2 * e + side) * 3;
+        const T* meas = pb.flow[side] + e * 2 * hw;
+        const T* mask = pb.static_mask + v * hw;
+        double* facc_flow = flow_acc.data() + (2 * e + side) * kFlowGrad;
+        T count = T(0);
+        double sum = 0.0;
+        T* glf_side = glf.data() + side * kChunk;
+        for (int64_t p = p0; p < p1; ++p) {
+          const T y = static_cast<T>(p / w), x = static_cast<T>(p % w);
+          T g_logd;
+          sum += flow_residual(x, y, logd[p], f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p],
+                               meas[hw + p], mask[p], pb.pixel_thr, &count, facc_flow, &g_logd);
+          glf_side[p - p0] += g_logd;
+        }
+        flow_stats[2 * side] += sum;
+        flow_stats[2 * side + 1] += count;
+      }
+      std::copy(gl.begin(), gl.begin() + (p1 - p0), out.grad_log_depth + v * hw + p0);
+      if (with_flow) {
+        for (int d = 0; d < 2; ++d)
+          std::copy(glf.begin() + d * kChunk, glf.begin() + d * kChunk + (p1 - p0),
+                    out.grad_log_depth_flow + (d * n + v) * hw + p0);
+      }
+    }
+#pragma omp critical
+    {
+      for (size_t k = 0; k < frame_total.size(); ++k) frame_total[k] += frame_acc[k];
+      for (size_t k = 0; k < edge_total.size(); ++k) edge_total[k] += edge_acc[k];
+      for (size_t k = 0; k < flow_total.size(); ++k) flow_total[k] += flow_acc[k];
+      energy_total += energy;
+      for (int k = 0; k < 4; ++k) flow_stats_total[k] += flow_stats[k];
+    }
+  }
+  for (size_t k = 0; k < frame_total.size(); ++k) out.grad_frame[k] = static_cast<T>(frame_total[k]);
+  for (size_t k = 0; k < edge_total.size(); ++k) out.grad_edge[k] = static_cast<T>(edge_total[k]);
+  *out.energy = energy_total;
+  if (with_flow) {
+    for (size_t k = 0; k < flow_total.size(); ++k) out.grad_flow[k] = static_cast<T>(flow_total[k]);
+    for (int k = 0; k < 4; ++k) out.flow_stats[k] = flow_stats_total[k];
+  }
+}
+
+template void align_energy_grad_cpu<float>(const AlignProblem<float>&, const AlignGrad<float>&);
+template void align_energy_grad_cpu<double>(const AlignProblem<double>&, const AlignGrad<double>&);
+
+}  // namespace monst3r

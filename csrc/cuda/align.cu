@@ -1,0 +1,130 @@
+// CUDA twin of the alignment kernel: one block per (edge, side); threads stride over pixels,
+// per-frame / per-edge sums are block-reduced, then added atomically (a frame is shared by
+// many edges; an edge by its two sides). Log-depth gradients are added atomically per pixel.
+#include <cuda_runtime.h>
+
+#include "monst3r/align.h"
+#include "monst3r/kernels.h"
+
+namespace monst3r {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kSums = kFrameGrad + kEdgeGrad + 1;  // + energy
+constexpr int kFlowSums = kFlowGrad + 2;             // + kept loss, kept count
+constexpr int kAll = kSums + kFlowSums;
+
+template <typename T>
+__device__ T warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    align_kernel(AlignProblem<T> pb, AlignGrad<T> out) {
+  const int64_t e = blockIdx.x >> 1;
+  const int side = blockIdx.x & 1;
+  const int64_t v = pb.edges[2 * e + side];
+  const int64_t hw = pb.height * pb.width;
+  const T* R = pb.rot + 9 * v;
+  const T* Tv = pb.trans + 3 * v;
+  const T f = pb.focal[v], cx = pb.pp[2 * v], cy = pb.pp[2 * v + 1];
+  const T* Re = pb.edge_rot + 9 * e;
+  const T* te = pb.edge_trans + 3 * e;
+  const T sigma = pb.edge_scale[e];
+  const T* pts = pb.pts[side] + e * hw * 3;
+  const T* wts = pb.weight[side] + e * hw;
+  const T* logd = pb.log_depth + v * hw;
+  T* gl = out.grad_log_depth + v * hw;
+
+  const bool with_flow = pb.flow[0] != nullptr;
+  const int64_t other = pb.edges[2 * e + 1 - side];
+  const T ft = pb.focal[other], cxt = pb.pp[2 * other], cyt = pb.pp[2 * other + 1];
+  const T* Rrel = with_flow ? pb.flow_rot + (2 * e + side) * 9 : nullptr;
+  const T* trel = with_flow ? pb.flow_trans + (2 * e + side) * 3 : nullptr;
+  const T* meas = with_flow ? pb.flow[side] + e * 2 * hw : nullptr;
+  const T* mask = with_flow ? pb.static_mask + v * hw : nullptr;
+
+  T acc[kAll];
+  for (int k = 0; k < kAll; ++k) acc[k] = T(0);
+  for (int64_t p = threadIdx.x; p < hw; p += blockDim.x) {
+    const T y = static_cast<T>(p / pb.width), x = static_cast<T>(p % pb.width);
+    if (with_flow) {
+      T g_logd;
+      acc[kSums + kFlowGrad] +=
+          flow_residual(x, y, logd[p], f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p],
+                        meas[hw + p], mask[p], pb.pixel_thr, &acc[kSums + kFlowGrad + 1],
+                        acc + kSums, &g_logd);
+      atomicAdd(out.grad_log_depth_flow + (side * pb.n_frames + v) * hw + p, g_logd);
+    }
+    const T wp = wts[p];
+    if (wp == T(0)) continue;
+    T g[3], c[3], rc[3], rp[3];
+    acc[kSums - 1] += align_residual(x, y, logd[p], f, cx, cy, R, Tv, Re, te, sigma, pts + 3 * p,
+                                     wp, g, c, rc, rp);
+    const T d = align_accumulate(g, c, rc, rp, R, pts + 3 * p, sigma, f, acc, acc + kFrameGrad);
+    atomicAdd(gl + p, d);
+  }
+
+  __shared__ T partial[kThreads / 32][kAll];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_sums = with_flow ? kAll : kSums;
+  for (int k = 0; k < n_sums; ++k) {
+    const T s = warp_sum(acc[k]);
+    if (lane == 0) partial[warp][k] = s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    for (int k = 0; k < n_sums; ++k) {
+      T s = lane < kThreads / 32 ? partial[lane][k] : T(0);
+      s = warp_sum(s);
+      if (lane == 0) {
+        if (k < kFrameGrad)
+          atomicAdd(out.grad_frame + v * kFrameGrad + k, s);
+        else if (k < kFrameGrad + kEdgeGrad)
+          atomicAdd(out.grad_edge + e * kEdgeGrad + (k - kFrameGrad), s);
+        else if (k == kSums - 1)
+          atomicAdd(out.energy, static_cast<double>(s));
+        else if (k < kSums + kFlowGrad)
+          out.grad_flow[(2 * e + side) * kFlowGrad + (k - kSums)] = s;  // owned by this block
+        else
+          atomicAdd(out.flow_stats + 2 * side + (k - kSums - kFlowGrad), static_cast<double>(s));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+std::string align_energy_grad_cuda(const AlignProblem<T>& pb, const AlignGrad<T>& out,
+                                   void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const int64_t hw = pb.height * pb.width;
+  cudaError_t err = cudaMemsetAsync(out.energy, 0, sizeof(double), stream);
+  if (err == cudaSuccess)
+    err = cudaMemsetAsync(out.grad_log_depth, 0, sizeof(T) * pb.n_frames * hw, stream);
+  if (err == cudaSuccess)
+    err = cudaMemsetAsync(out.grad_frame, 0, sizeof(T) * pb.n_frames * kFrameGrad, stream);
+  if (err == cudaSuccess)
+    err = cudaMemsetAsync(out.grad_edge, 0, sizeof(T) * pb.n_edges * kEdgeGrad, stream);
+  if (err == cudaSuccess && pb.flow[0] != nullptr) {
+    err = cudaMemsetAsync(out.flow_stats, 0, 4 * sizeof(double), stream);
+    if (err == cudaSuccess)
+      err = cudaMemsetAsync(out.grad_log_depth_flow, 0, sizeof(T) * 2 * pb.n_frames * hw, stream);
+  }
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  if (pb.n_edges > 0) {
+    align_kernel<T><<<static_cast<unsigned>(2 * pb.n_edges), kThreads, 0, stream>>>(pb, out);
+    err = cudaGetLastError();
+  }
+  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+}
+
+template std::string align_energy_grad_cuda<float>(const AlignProblem<float>&,
+                                                    const AlignGrad<float>&, void*);
+template std::string align_energy_grad_cuda<double>(const AlignProblem<double>&,
+                                                     const AlignGrad<double>&, void*);
+
+}  // namespace monst3r

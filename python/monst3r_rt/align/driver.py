@@ -1,0 +1,242 @@
+"""``global_align``: pairwise pointmaps in; per-frame depth, camera-to-world pose and focal out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from . import params as P
+from .config import AlignConfig
+from .objective import AlignData, evaluate
+from .result import AlignResult
+
+
+def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
+    """Connected components of the undirected graph on frames 0..n−1 (sorted lists)."""
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in edges:
+        parent[find(int(i))] = find(int(j))
+    groups: dict[int, list[int]] = {}
+    for v in range(n):
+        groups.setdefault(find(v), []).append(v)
+    return sorted(groups.values())
+
+
+def _describe(components: list[list[int]]) -> str:
+    def rng(c: list[int]) -> str:
+        return f"{c[0]}..{c[-1]}" if c == list(range(c[0], c[-1] + 1)) and len(c) > 2 else str(c)
+
+    return ", ".join(f"{{{rng(c)}}}" for c in components[:6]) + (
+        " ..." if len(components) > 6 else ""
+    )
+
+
+def prepare(
+    edges: Any,
+    pts_i: Any,
+    pts_j: Any,
+    conf_i: Any,
+    conf_j: Any,
+    n_frames: int | None = None,
+) -> AlignData:
+    """Validate the pairwise inputs and build the kernels' arrays.
+
+    Non-finite predictions are masked (weight 0) and counted in ``diagnostics``; every other
+    problem raises ValueError naming the array, the expected and the actual shape.
+    """
+    edges = np.asarray(edges)
+    if edges.ndim != 2 or edges.shape[1] != 2 or len(edges) == 0:
+        raise ValueError(f"edges must be a non-empty (E,2) sequence of (i, j), got {edges.shape}")
+    if not np.issubdtype(edges.dtype, np.integer):
+        raise ValueError(f"edges must be integers, got dtype {edges.dtype}")
+    edges = np.ascontiguousarray(edges, dtype=np.int64)
+    e = len(edges)
+    arrays = {"pts_i": pts_i, "pts_j": pts_j, "conf_i": conf_i, "conf_j": conf_j}
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    pi = arrays["pts_i"]
+    if pi.ndim != 4 or pi.shape[0] != e or pi.shape[3] != 3:
+        raise ValueError(f"pts_i must have shape ({e},H,W,3) for {e} edges, got {pi.shape}")
+    h, w = pi.shape[1:3]
+    for name, shape in (("pts_j", (e, h, w, 3)), ("conf_i", (e, h, w)), ("conf_j", (e, h, w))):
+        if arrays[name].shape != shape:
+            raise ValueError(f"{name} must have shape {shape} like pts_i, got {arrays[name].shape}")
+    n = int(edges.max()) + 1 if n_frames is None else int(n_frames)
+    if edges.min() < 0 or edges.max() >= n:
+        bad = edges[(edges < 0).any(1) | (edges >= n).any(1)][0]
+        raise ValueError(f"edge {tuple(bad.tolist())} references a frame outside 0..{n - 1}")
+    if n < 2:
+        raise ValueError(f"global alignment needs at least 2 frames, got {n}")
+    comps = connected_components(n, edges)
+    if len(comps) > 1:
+        raise ValueError(
+            f"the pair graph is disconnected: {len(comps)} components {_describe(comps)}; "
+            "every frame must be linked to the others by pairs"
+        )
+
+    diagnostics: dict[str, int] = {}
+    out: dict[str, np.ndarray] = {}
+    for side in ("i", "j"):
+        pts = arrays[f"pts_{side}"].astype(np.float32)
+        conf = arrays[f"conf_{side}"].astype(np.float32)
+        valid = np.isfinite(pts).all(-1) & np.isfinite(conf)
+        low = valid & (conf < 1)
+        if low.any():
+            raise ValueError(
+                f"conf_{side} has {int(low.sum())} values < 1 (min {conf[low].min():.4g}); "
+                "pass the network's raw confidence (1 + exp(c) ≥ 1)"
+            )
+        diagnostics[f"invalid_pixels_{side}"] = int((~valid).sum())
+        pts[~valid] = 0
+        out[f"pts_{side}"] = np.ascontiguousarray(pts)
+        out[f"w_{side}"] = np.ascontiguousarray(
+            np.where(valid, np.log(np.where(valid, conf, 1)), 0)
+        )
+    diagnostics["invalid_pixels"] = (
+        diagnostics["invalid_pixels_i"] + diagnostics["invalid_pixels_j"]
+    )
+    pp = np.tile(np.array([w / 2, h / 2], np.float32), (n, 1))
+    return AlignData(edges=edges, pp=pp, n_frames=n, diagnostics=diagnostics, **out)
+
+
+def per_frame_conf(edges: np.ndarray, conf_i: np.ndarray, conf_j: np.ndarray, n: int) -> np.ndarray:
+    """(N,H,W) max raw confidence of each frame over all its edges (official ``im_conf``)."""
+    out = np.zeros((n, *conf_i.shape[1:]), np.float32)
+    for e, (i, j) in enumerate(edges):
+        np.maximum(out[i], np.nan_to_num(conf_i[e], nan=0.0), out=out[i])
+        np.maximum(out[j], np.nan_to_num(conf_j[e], nan=0.0), out=out[j])
+    return out
+
+
+def global_align(
+    edges: Any,
+    pts_i: Any = None,
+    pts_j: Any = None,
+    conf_i: Any = None,
+    conf_j: Any = None,
+    *,
+    images: Any = None,
+    flows: tuple[Any, Any] | None = None,
+    dynamic_masks: Any = None,
+    config: AlignConfig | None = None,
+    device: str = "cpu",
+) -> AlignResult:
+    """MonST3R global alignment of pairwise pointmaps.
+
+    Args:
+        edges: (E,2) pairs (i, j), or a :class:`~monst3r_rt.inference.PairwisePredictions`
+            (then the four arrays are taken from it).
+        pts_i, pts_j: (E,H,W,3) float32, views i and j in camera i's frame.
+        conf_i, conf_j: (E,H,W) float32 ≥ 1, raw network confidence.
+        images: (N,H,W,3) float in [0,1] or uint8, optional (frame count and colours).
+        flows: ``(flow_ij, flow_ji)``, each (E,2,H,W) float32 pixels, optional: enables the
+            flow term.
+        dynamic_masks: (N,H,W) bool, True = moving; static pixels drive the flow term.
+        config: :class:`AlignConfig` (official demo defaults).
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        :class:`AlignResult` with numpy arrays.
+    """
+    cfg = config or AlignConfig()
+    if hasattr(edges, "pts_i") and pts_i is None:
+        preds = edges
+        edges, pts_i, pts_j = preds.edges, preds.pts_i, preds.pts_j
+        conf_i, conf_j = preds.conf_i, preds.conf_j
+    if any(a is None for a in (pts_i, pts_j, conf_i, conf_j)):
+        raise ValueError("global_align needs pts_i, pts_j, conf_i and conf_j (or predictions)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        raise NotImplementedError("device='cuda' alignment is not available yet")
+    if flows is not None:
+        raise NotImplementedError("the flow term is not available yet")
+    if cfg.solver != "adam":
+        raise NotImplementedError(f"solver={cfg.solver!r} is not available yet")
+    if cfg.window is not None:
+        raise NotImplementedError("windowed alignment is not available yet")
+    n_frames = None if images is None else len(images)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    data = prepare(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
+    n = data.n_frames
+    h, w = data.shape
+    masks = None
+    if dynamic_masks is not None:
+        masks = np.asarray(dynamic_masks, dtype=bool)
+        if masks.shape != (n, h, w):
+            raise ValueError(f"dynamic_masks must have shape {(n, h, w)}, got {masks.shape}")
+    timings["prepare"] = time.perf_counter() - t0
+
+    from .init import init_mst
+
+    t0 = time.perf_counter()
+    valid_i = np.isfinite(np.asarray(pts_i)).all(-1) & np.isfinite(np.asarray(conf_i))
+    valid_j = np.isfinite(np.asarray(pts_j)).all(-1) & np.isfinite(np.asarray(conf_j))
+    params = init_mst(
+        data.edges, np.where(valid_i[..., None], data.pts_i, np.nan),
+        np.where(valid_j[..., None], data.pts_j, np.nan), conf_i, conf_j,
+        shared_focal=cfg.shared_focal, min_conf_thr=cfg.min_conf_thr,
+    )  # fmt: skip
+    params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+    timings["init"] = time.perf_counter() - t0
+
+    def objective(p: dict[str, np.ndarray], it: int) -> tuple[float, dict[str, np.ndarray]]:
+        energy, grads, _ = evaluate(
+            data,
+            p,
+            temporal_smoothing_weight=cfg.temporal_smoothing_weight,
+            translation_weight=cfg.translation_weight,
+        )
+        return energy, grads
+
+    from .solvers import adam
+
+    t0 = time.perf_counter()
+    params, history = adam(objective, params, cfg.niter, cfg.lr_at)
+    timings["optimize"] = time.perf_counter() - t0
+    result = assemble(params, data, conf_i, conf_j, masks)
+    result.energy = np.asarray(history, dtype=np.float64)
+    result.timings = timings
+    result.diagnostics = dict(data.diagnostics, solver=cfg.solver, niter=cfg.niter)
+    return result
+
+
+def assemble(
+    params: dict[str, np.ndarray],
+    data: AlignData,
+    conf_i: Any,
+    conf_j: Any,
+    masks: np.ndarray | None,
+) -> AlignResult:
+    """Parameters → :class:`AlignResult` (poses, depths, intrinsics, world points, conf)."""
+    from ..geometry import depth_to_points
+
+    n = data.n_frames
+    h, w = data.shape
+    geo = P.geometry(params, n)
+    poses = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+    poses[:, :3, :3] = geo.rot
+    poses[:, :3, 3] = geo.trans
+    depths = np.exp(params["log_depth"]).astype(np.float32)
+    focals = geo.focal.astype(np.float32)
+    k = np.zeros((n, 3, 3), np.float32)
+    k[:, 0, 0] = k[:, 1, 1] = focals
+    k[:, :2, 2] = data.pp
+    k[:, 2, 2] = 1
+    cam = depth_to_points(depths, focals, data.pp)
+    pts3d = np.einsum("nij,nhwj->nhwi", poses[:, :3, :3], cam) + poses[:, None, None, :3, 3]
+    conf = per_frame_conf(data.edges, np.asarray(conf_i), np.asarray(conf_j), n)
+    return AlignResult(
+        poses=poses, depths=depths, focals=focals, intrinsics=k,
+        pts3d=pts3d.astype(np.float32), conf=conf, dynamic_masks=masks,
+    )  # fmt: skip

@@ -1,0 +1,348 @@
+"""A synthetic dynamic scene with ground truth, for tests and benchmarks (numpy + OpenCV only).
+
+The static background is the inside of an axis-aligned box room (walls, floor, ceiling a few
+metres away) seen by a smoothly moving, forward-facing camera (translation plus small rotations).
+``n_objects`` textured spheres translate independently between frames. Depth is rendered by
+analytic ray casting. Conventions:
+
+- camera frame: x right, y down, z forward; pinhole with focal ``f`` and principal point
+  ``(W/2, H/2)``; pixel ``(x, y)`` has its centre at integer coordinates;
+- ``poses`` are camera-to-world 4x4 matrices; world units are metres (before the per-edge scales);
+- pairwise predictions follow the official DUSt3R/MonST3R convention: for edge ``e = (i, j)``,
+  ``pts_i[e]`` are frame i's points in camera i's frame and ``pts_j[e]`` are frame j's points (at
+  time j, i.e. with the objects where they are in frame j) expressed in camera i's frame, both
+  multiplied by a per-edge scale ``pairwise_scales[e]``;
+- flows are true optical flow in pixels, ``flow[:, 0]`` along x (columns) and ``flow[:, 1]`` along y
+  (rows), including object motion and ignoring occlusions.
+
+Everything is deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .pairs import make_pairs
+
+__all__ = ["SyntheticScene", "make_scene", "unproject_depth", "project_points"]
+
+# room bounds (metres): x in [-3, 3], y in [-1.6, 1.6] (y down: floor at +1.6), z in [-1.5, 7]
+_ROOM_LO = np.array([-3.0, -1.6, -1.5])
+_ROOM_HI = np.array([3.0, 1.6, 7.0])
+
+
+@dataclass
+class SyntheticScene:
+    """Ground truth and pairwise predictions of a synthetic sequence.
+
+    Attributes:
+        images: (N,H,W,3) uint8 RGB.
+        depths: (N,H,W) float32 z-depth in metres.
+        poses: (N,4,4) float64 camera-to-world.
+        focal: focal length in pixels (all frames); principal point ``(W/2, H/2)``.
+        dynamic_masks: (N,H,W) bool, pixels showing a moving object.
+        edges: (E,2) int64 frame pairs ``(i, j)`` (``monst3r_rt.pairs.make_pairs`` order).
+        pts_i: (E,H,W,3) float32 frame-i points in camera i's frame, times ``pairwise_scales``.
+        pts_j: (E,H,W,3) float32 frame-j points (time j) in camera i's frame, times the scale.
+        conf_i: (E,H,W) float32 confidences (>= 1) of ``pts_i``.
+        conf_j: (E,H,W) float32 confidences of ``pts_j``.
+        flow_ij: (E,2,H,W) float32 optical flow from frame i to frame j (pixels; ch0 x, ch1 y).
+        flow_ji: (E,2,H,W) float32 optical flow from frame j to frame i.
+        pairwise_scales: (E,) float64 per-edge scale of the predictions.
+        object_centers: (N,K,3) float64 world sphere centres per frame.
+        object_radii: (K,) float64 sphere radii in metres.
+        labels: (N,H,W) int32 per-pixel surface label: -1 background, k >= 0 sphere k.
+    """
+
+    images: np.ndarray
+    depths: np.ndarray
+    poses: np.ndarray
+    focal: float
+    dynamic_masks: np.ndarray
+    edges: np.ndarray
+    pts_i: np.ndarray
+    pts_j: np.ndarray
+    conf_i: np.ndarray
+    conf_j: np.ndarray
+    flow_ij: np.ndarray
+    flow_ji: np.ndarray
+    pairwise_scales: np.ndarray
+    object_centers: np.ndarray
+    object_radii: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """(3,3) float64 pinhole matrix K."""
+        h, w = self.depths.shape[1:]
+        return np.array([[self.focal, 0, w / 2], [0, self.focal, h / 2], [0, 0, 1.0]])
+
+
+def _ray_grid(h: int, w: int, focal: float) -> np.ndarray:
+    """(H,W,3) camera-frame ray directions with unit z (so ray parameter = z-depth)."""
+    ys, xs = np.mgrid[:h, :w].astype(np.float64)
+    return np.stack([(xs - w / 2) / focal, (ys - h / 2) / focal, np.ones_like(xs)], axis=-1)
+
+
+def unproject_depth(depth: np.ndarray, focal: float) -> np.ndarray:
+    """Camera-frame points (H,W,3) float64 of a z-depth map (H,W); pp ``(W/2, H/2)``."""
+    h, w = depth.shape
+    return _ray_grid(h, w, focal) * np.asarray(depth, np.float64)[..., None]
+
+
+def project_points(pts_cam: np.ndarray, focal: float, h: int, w: int) -> np.ndarray:
+    """Pixel coordinates (...,2) ``(x, y)`` of camera-frame points (...,3)."""
+    z = pts_cam[..., 2]
+    return np.stack([focal * pts_cam[..., 0] / z + w / 2, focal * pts_cam[..., 1] / z + h / 2], -1)
+
+
+def _rot_xyz(rx: float, ry: float, rz: float) -> np.ndarray:
+    """Rotation ``Rz @ Ry @ Rx`` from angles in radians."""
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rot_z @ rot_y @ rot_x
+
+
+def _axis_angle(vec: np.ndarray) -> np.ndarray:
+    """Rotation matrix of an axis-angle vector (Rodrigues)."""
+    return cv2.Rodrigues(np.asarray(vec, np.float64).reshape(3, 1))[0]
+
+
+def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int = 4) -> np.ndarray:
+    """(H,W) float64 smooth random field in [0, 1] (bicubic upsampling of a coarse grid)."""
+    ch = max(2, cells)
+    cw = max(2, int(round(cells * w / h)))
+    coarse = rng.random((ch, cw)).astype(np.float32)
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float64)
+    return np.clip(field, 0.0, 1.0)
+
+
+def _trajectory(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(N,4,4) camera-to-world poses: a forward dolly with lateral sway and small rotations."""
+    t = np.linspace(0.0, 1.0, n)
+    amp = rng.uniform(0.2, 0.5, size=3)
+    phase = rng.uniform(0, 2 * np.pi, size=6)
+    poses = np.tile(np.eye(4), (n, 1, 1))
+    for k in range(n):
+        centre = np.array(
+            [
+                amp[0] * np.sin(np.pi * t[k] + phase[0]),
+                0.3 * amp[1] * np.sin(2 * np.pi * t[k] + phase[1]),
+                1.2 * t[k] + 0.1 * np.sin(np.pi * t[k] + phase[2]),
+            ]
+        )
+        rx = 0.05 * np.sin(2 * np.pi * t[k] + phase[3])
+        ry = 0.12 * np.sin(np.pi * t[k] + phase[4])
+        rz = 0.03 * np.sin(2 * np.pi * t[k] + phase[5])
+        poses[k, :3, :3] = _rot_xyz(rx, ry, rz)
+        poses[k, :3, 3] = centre
+    return poses
+
+
+def _render(
+    pose: np.ndarray, rays_cam: np.ndarray, centers: np.ndarray, radii: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast one frame: z-depth (H,W) and labels (H,W) (-1 room, k sphere k)."""
+    c = pose[:3, 3]
+    d = rays_cam @ pose[:3, :3].T  # world directions, camera-z component 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = np.where(d > 0, _ROOM_HI, _ROOM_LO)
+        t_axis = (bound - c) / d
+    t_axis = np.where(np.abs(d) < 1e-12, np.inf, t_axis)
+    depth = t_axis.min(axis=-1)
+    labels = np.full(depth.shape, -1, dtype=np.int32)
+    aa = (d * d).sum(-1)
+    for k, (ctr, rad) in enumerate(zip(centers, radii, strict=True)):
+        oc = c - ctr
+        bb = 2.0 * (d @ oc)
+        cc = float(oc @ oc - rad * rad)
+        disc = bb * bb - 4.0 * aa * cc
+        hit = disc > 0
+        t_hit = np.where(hit, (-bb - np.sqrt(np.where(hit, disc, 0.0))) / (2.0 * aa), np.inf)
+        closer = (t_hit > 1e-6) & (t_hit < depth)
+        depth = np.where(closer, t_hit, depth)
+        labels[closer] = k
+    return depth, labels
+
+
+def _texture(pts: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] (...,3) from 3-D points (...,3): sums of random sinusoids per channel."""
+    freq, phase = coeffs[..., :3], coeffs[..., 3]  # (3 channels, n_waves, 3), (3, n_waves)
+    arg = np.einsum("...d,cwd->...cw", pts, freq) + phase
+    return 0.5 + 0.5 * np.sin(arg).mean(axis=-1)
+
+
+def make_scene(
+    n_frames: int = 12,
+    size: tuple[int, int] = (48, 64),
+    graph: str = "swinstride-5-noncyclic",
+    n_objects: int = 1,
+    object_motion: float = 0.05,
+    depth_noise: float = 0.0,
+    pose_noise: float = 0.0,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    seed: int = 0,
+    conf_range: tuple[float, float] = (1.5, 5.0),
+) -> SyntheticScene:
+    """Build a synthetic dynamic scene and its pairwise predictions.
+
+    Args:
+        n_frames: number of frames N (>= 2).
+        size: ``(H, W)`` in pixels.
+        graph: pair-graph string for :func:`monst3r_rt.pairs.make_pairs` (symmetrised).
+        n_objects: number of moving spheres.
+        object_motion: per-frame displacement of each sphere in metres (random direction).
+        depth_noise: std of a smooth multiplicative log-depth noise field applied per edge and
+            per view to the predictions (0 = exact).
+        pose_noise: per-edge perturbation of the relative pose in ``pts_j``: rotation angle std in
+            radians and translation std in metres (0 = exact).
+        scale_range: the per-edge scale is log-uniform in this range.
+        seed: random seed.
+        conf_range: ``(low, high)`` of the smooth confidence fields (low >= 1); pixels on object
+            boundaries get low confidence.
+
+    Returns:
+        a :class:`SyntheticScene`.
+    """
+    h, w = size
+    if n_frames < 2:
+        raise ValueError(f"make_scene: n_frames must be >= 2, got {n_frames}")
+    if h < 2 or w < 2:
+        raise ValueError(f"make_scene: size must be at least (2, 2), got {size}")
+    if conf_range[0] < 1 or conf_range[1] < conf_range[0]:
+        raise ValueError(f"make_scene: conf_range must satisfy 1 <= low <= high, got {conf_range}")
+    if scale_range[0] <= 0 or scale_range[1] < scale_range[0]:
+        raise ValueError(f"make_scene: scale_range must satisfy 0 < low <= high, got {scale_range}")
+    rng = np.random.default_rng(seed)
+    focal = 0.9 * max(h, w)
+    rays = _ray_grid(h, w, focal)
+    poses = _trajectory(rng, n_frames)
+
+    # moving spheres: start in front of the camera path, drift with constant velocity
+    radii = rng.uniform(0.4, 0.7, size=n_objects)
+    start = np.stack(
+        [
+            rng.uniform(-1.2, 1.2, n_objects),
+            rng.uniform(-0.6, 0.6, n_objects),
+            rng.uniform(3.2, 4.5, n_objects),
+        ],
+        axis=-1,
+    )
+    direction = rng.normal(size=(n_objects, 3)) * np.array([1.0, 0.5, 0.5])
+    direction /= np.maximum(np.linalg.norm(direction, axis=-1, keepdims=True), 1e-12)
+    frames = np.arange(n_frames, dtype=np.float64)[:, None, None]
+    centers = start[None] + frames * (object_motion * direction)[None]  # (N,K,3)
+
+    depths = np.empty((n_frames, h, w))
+    labels = np.empty((n_frames, h, w), dtype=np.int32)
+    for k in range(n_frames):
+        depths[k], labels[k] = _render(poses[k], rays, centers[k], radii)
+
+    # texture: background coloured by world point, spheres by their object-frame point
+    n_waves = 4
+    bg_coeffs = np.concatenate(
+        [rng.uniform(-6, 6, (3, n_waves, 3)), rng.uniform(0, 2 * np.pi, (3, n_waves, 1))], -1
+    )
+    obj_coeffs = np.concatenate(
+        [
+            rng.uniform(-10, 10, (max(n_objects, 1), 3, n_waves, 3)),
+            rng.uniform(0, 2 * np.pi, (max(n_objects, 1), 3, n_waves, 1)),
+        ],
+        -1,
+    )
+    images = np.empty((n_frames, h, w, 3), dtype=np.uint8)
+    world_pts = np.empty((n_frames, h, w, 3))
+    for k in range(n_frames):
+        pts_cam = rays * depths[k][..., None]
+        world = pts_cam @ poses[k, :3, :3].T + poses[k, :3, 3]
+        world_pts[k] = world
+        rgb = _texture(world, bg_coeffs)
+        for o in range(n_objects):
+            sel = labels[k] == o
+            if sel.any():
+                rgb[sel] = _texture(world[sel] - centers[k, o], obj_coeffs[o])
+        images[k] = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+    dynamic = labels >= 0
+
+    # object boundaries (label changes to a 4-neighbour), dilated by one pixel
+    boundary = np.zeros((n_frames, h, w), dtype=bool)
+    boundary[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+    boundary[:, :, :-1] |= labels[:, :, 1:] != labels[:, :, :-1]
+    boundary[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
+    boundary[:, :-1, :] |= labels[:, 1:, :] != labels[:, :-1, :]
+    kernel = np.ones((3, 3), np.uint8)
+    boundary = np.stack([cv2.dilate(b.astype(np.uint8), kernel) > 0 for b in boundary])
+
+    edges = np.array(make_pairs(n_frames, graph), dtype=np.int64).reshape(-1, 2)
+    n_edges = len(edges)
+    lo, hi = np.log(scale_range[0]), np.log(scale_range[1])
+    scales = np.exp(rng.uniform(lo, hi, size=n_edges))
+    pts_i = np.empty((n_edges, h, w, 3), dtype=np.float32)
+    pts_j = np.empty((n_edges, h, w, 3), dtype=np.float32)
+    conf_i = np.empty((n_edges, h, w), dtype=np.float32)
+    conf_j = np.empty((n_edges, h, w), dtype=np.float32)
+    flow_ij = np.empty((n_edges, 2, h, w), dtype=np.float32)
+    flow_ji = np.empty((n_edges, 2, h, w), dtype=np.float32)
+    pixels = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).astype(np.float64)
+    cam_pts = rays[None] * depths[..., None]  # (N,H,W,3) exact camera-frame points
+
+    def conf_field(frame: int) -> np.ndarray:
+        field = conf_range[0] + (conf_range[1] - conf_range[0]) * _smooth_field(rng, h, w)
+        field = np.where(boundary[frame], conf_range[0] + 0.2 * (field - conf_range[0]), field)
+        return np.maximum(field, 1.0)
+
+    def noise(frame: int) -> np.ndarray:
+        if depth_noise <= 0:
+            return np.ones((h, w))
+        field = _smooth_field(rng, h, w, cells=5) - 0.5
+        field /= max(field.std(), 1e-6)
+        return np.exp(depth_noise * field)
+
+    def flow(src: int, dst: int) -> np.ndarray:
+        moved = world_pts[src].copy()
+        for o in range(n_objects):
+            sel = labels[src] == o
+            moved[sel] += centers[dst, o] - centers[src, o]
+        w2c = np.linalg.inv(poses[dst])
+        cam = moved @ w2c[:3, :3].T + w2c[:3, 3]
+        return np.moveaxis(project_points(cam, focal, h, w) - pixels, -1, 0)
+
+    for e, (i, j) in enumerate(edges.tolist()):
+        rel = np.linalg.inv(poses[i]) @ poses[j]  # camera j -> camera i
+        if pose_noise > 0:
+            pert = np.eye(4)
+            pert[:3, :3] = _axis_angle(rng.normal(scale=pose_noise, size=3))
+            pert[:3, 3] = rng.normal(scale=pose_noise, size=3)
+            rel = pert @ rel
+        pi = cam_pts[i] * noise(i)[..., None]
+        pj = (cam_pts[j] * noise(j)[..., None]) @ rel[:3, :3].T + rel[:3, 3]
+        pts_i[e] = scales[e] * pi
+        pts_j[e] = scales[e] * pj
+        conf_i[e] = conf_field(i)
+        conf_j[e] = conf_field(j)
+        flow_ij[e] = flow(i, j)
+        flow_ji[e] = flow(j, i)
+
+    return SyntheticScene(
+        images=images,
+        depths=depths.astype(np.float32),
+        poses=poses,
+        focal=float(focal),
+        dynamic_masks=dynamic,
+        edges=edges,
+        pts_i=pts_i,
+        pts_j=pts_j,
+        conf_i=conf_i,
+        conf_j=conf_j,
+        flow_ij=flow_ij,
+        flow_ji=flow_ji,
+        pairwise_scales=scales,
+        object_centers=centers,
+        object_radii=radii,
+        labels=labels,
+    )
