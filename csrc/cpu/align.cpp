@@ -37,7 +37,8 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
   {
     std::vector<double> frame_acc(n * kFrameGrad, 0.0), edge_acc(e_count * kEdgeGrad, 0.0);
     std::vector<double> flow_acc(flow_total.size(), 0.0);
-    std::vector<T> gl(kChunk), glf(with_flow ? 2 * kChunk : 0);
+    std::vector<T> gl(kChunk), glf(with_flow ? 2 * kChunk : 0), depth(kChunk), xs(kChunk),
+        ys(kChunk);
     double energy = 0.0, flow_stats[4] = {0.0, 0.0, 0.0, 0.0};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
@@ -50,6 +51,11 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
       const T* Tv = pb.trans + 3 * v;
       const T f = pb.focal[v], cx = pb.pp[2 * v], cy = pb.pp[2 * v + 1];
       const T* logd = pb.log_depth + v * hw;
+      for (int64_t p = p0; p < p1; ++p) {
+        depth[p - p0] = m_exp(logd[p]);
+        ys[p - p0] = static_cast<T>(p / w);
+        xs[p - p0] = static_cast<T>(p % w);
+      }
       double* facc = frame_acc.data() + v * kFrameGrad;
       for (const auto& [e, side] : incident[v]) {
         const T* Re = pb.edge_rot + 9 * e;
@@ -57,16 +63,27 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
         const T sigma = pb.edge_scale[e];
         const T* pts = pb.pts[side] + e * hw * 3;
         const T* wts = pb.weight[side] + e * hw;
-        double* eacc = edge_acc.data() + e * kEdgeGrad;
-        for (int64_t p = p0; p < p1; ++p) {
-          const T wp = wts[p];
-          if (wp == T(0)) continue;
+        // register-resident sums for this (edge, side) and chunk, added once at the end;
+        // branch-free so that the loop vectorises (w = 0 contributes exactly 0)
+        T fl[kFrameGrad] = {0}, el[kEdgeGrad] = {0}, en = T(0);
+        T* glc = gl.data();
+        const T* xs_ = xs.data();
+        const T* ys_ = ys.data();
+        const T* dep = depth.data();
+        const int64_t len = p1 - p0;
+        const T* pts_c = pts + 3 * p0;
+        const T* wts_c = wts + p0;
+#pragma omp simd reduction(+ : fl[:kFrameGrad], el[:kEdgeGrad], en)
+        for (int64_t k = 0; k < len; ++k) {
           T g[3], c[3], rc[3], rp[3];
-          const T y = static_cast<T>(p / w), x = static_cast<T>(p % w);
-          energy += align_residual(x, y, logd[p], f, cx, cy, R, Tv, Re, te, sigma, pts + 3 * p,
-                                   wp, g, c, rc, rp);
-          gl[p - p0] += align_accumulate(g, c, rc, rp, R, pts + 3 * p, sigma, f, facc, eacc);
+          en += align_residual(xs_[k], ys_[k], dep[k], f, cx, cy, R, Tv, Re, te, sigma,
+                               pts_c + 3 * k, wts_c[k], g, c, rc, rp);
+          glc[k] += align_accumulate(g, c, rc, rp, R, pts_c + 3 * k, sigma, f, fl, el);
         }
+        energy += en;
+        for (int k = 0; k < kFrameGrad; ++k) facc[k] += fl[k];
+        double* eacc = edge_acc.data() + e * kEdgeGrad;
+        for (int k = 0; k < kEdgeGrad; ++k) eacc[k] += el[k];
         if (!with_flow) continue;
         const int64_t other = pb.edges[2 * e + 1 - side];
         const T ft = pb.focal[other], cxt = pb.pp[2 * other], cyt = pb.pp[2 * other + 1];
@@ -74,19 +91,23 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
         const T* trel = pb.flow_trans + (2 * e + side) * 3;
         const T* meas = pb.flow[side] + e * 2 * hw;
         const T* mask = pb.static_mask + v * hw;
-        double* facc_flow = flow_acc.data() + (2 * e + side) * kFlowGrad;
-        T count = T(0);
-        double sum = 0.0;
+        T fa[kFlowGrad] = {0}, count = T(0), sum = T(0);
         T* glf_side = glf.data() + side * kChunk;
-        for (int64_t p = p0; p < p1; ++p) {
-          const T y = static_cast<T>(p / w), x = static_cast<T>(p % w);
-          T g_logd;
-          sum += flow_residual(x, y, logd[p], f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p],
-                               meas[hw + p], mask[p], pb.pixel_thr, &count, facc_flow, &g_logd);
-          glf_side[p - p0] += g_logd;
+        const T* mx = meas + p0;
+        const T* my = meas + hw + p0;
+        const T* mk = mask + p0;
+#pragma omp simd reduction(+ : fa[:kFlowGrad], count, sum)
+        for (int64_t k = 0; k < len; ++k) {
+          T g_logd, kept = T(0);
+          sum += flow_residual(xs_[k], ys_[k], dep[k], f, cx, cy, ft, cxt, cyt, Rrel, trel, mx[k],
+                               my[k], mk[k], pb.pixel_thr, &kept, fa, &g_logd);
+          count += kept;
+          glf_side[k] += g_logd;
         }
-        flow_stats[2 * side] += sum;
-        flow_stats[2 * side + 1] += count;
+        double* facc_flow = flow_acc.data() + (2 * e + side) * kFlowGrad;
+        for (int k = 0; k < kFlowGrad; ++k) facc_flow[k] += fa[k];
+        flow_stats[2 * side] += static_cast<double>(sum);
+        flow_stats[2 * side + 1] += static_cast<double>(count);
       }
       std::copy(gl.begin(), gl.begin() + (p1 - p0), out.grad_log_depth + v * hw + p0);
       if (with_flow) {

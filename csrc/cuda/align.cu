@@ -50,10 +50,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < kAll; ++k) acc[k] = T(0);
   for (int64_t p = threadIdx.x; p < hw; p += blockDim.x) {
     const T y = static_cast<T>(p / pb.width), x = static_cast<T>(p % pb.width);
+    const T d = m_exp(logd[p]);
     if (with_flow) {
       T g_logd;
       acc[kSums + kFlowGrad] +=
-          flow_residual(x, y, logd[p], f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p],
+          flow_residual(x, y, d, f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p],
                         meas[hw + p], mask[p], pb.pixel_thr, &acc[kSums + kFlowGrad + 1],
                         acc + kSums, &g_logd);
       atomicAdd(out.grad_log_depth_flow + (side * pb.n_frames + v) * hw + p, g_logd);
@@ -61,10 +62,10 @@ __global__ void __launch_bounds__(kThreads)
     const T wp = wts[p];
     if (wp == T(0)) continue;
     T g[3], c[3], rc[3], rp[3];
-    acc[kSums - 1] += align_residual(x, y, logd[p], f, cx, cy, R, Tv, Re, te, sigma, pts + 3 * p,
-                                     wp, g, c, rc, rp);
-    const T d = align_accumulate(g, c, rc, rp, R, pts + 3 * p, sigma, f, acc, acc + kFrameGrad);
-    atomicAdd(gl + p, d);
+    acc[kSums - 1] += align_residual(x, y, d, f, cx, cy, R, Tv, Re, te, sigma, pts + 3 * p, wp,
+                                     g, c, rc, rp);
+    const T gd = align_accumulate(g, c, rc, rp, R, pts + 3 * p, sigma, f, acc, acc + kFrameGrad);
+    atomicAdd(gl + p, gd);
   }
 
   __shared__ T partial[kThreads / 32][kAll];

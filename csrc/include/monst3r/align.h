@@ -20,14 +20,13 @@ constexpr int kFrameGrad = 13;
 // Per-edge gradient block: dR_e (9), dt_e (3), dσ_e (1).
 constexpr int kEdgeGrad = 13;
 
-// Residual of one pixel. Returns w·‖X − Y‖ and writes:
+// Residual of one pixel with depth d = exp(log_depth). Returns w·‖X − Y‖ and writes:
 //   g  = w·(X − Y)/‖X − Y‖ (0 where X = Y), the gradient of the term with respect to X,
 //   c  = camera point, rc = R_v c, rp = R_e pred.
 template <typename T>
-MONST3R_HD T align_residual(T x, T y, T log_d, T f, T cx, T cy, const T* R, const T* Tv,
+MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv,
                             const T* Re, const T* te, T sigma, const T* pred, T w, T* g, T* c,
                             T* rc, T* rp) {
-  const T d = m_exp(log_d);
   c[0] = d * (x - cx) / f;
   c[1] = d * (y - cy) / f;
   c[2] = d;
@@ -72,7 +71,7 @@ MONST3R_HD T align_accumulate(const T* g, const T* c, const T* rc, const T* rp, 
 // Per (edge, direction) gradient block of the flow term: dR_rel (9), dt_rel (3), df_src, df_tgt.
 constexpr int kFlowGrad = 14;
 
-// Flow term of one pixel (official DepthBasedWarping + smooth-L1, spec §4.5). The source view
+// Flow term of one pixel with depth d = exp(log_depth) (official DepthBasedWarping + smooth-L1, spec §4.5). The source view
 // s holds the pixel; the target view t is the other view of the edge:
 //   p = K_s⁻¹ (x, y, 1),  a = R_rel p + t_rel / (D + 1e-6),  q = K_t a,
 //   ego = (q_x, q_y) / (q_z + 1e-6) − (x, y),  d_c = (ego_c − meas_c)·m  (m = static mask),
@@ -80,10 +79,9 @@ constexpr int kFlowGrad = 14;
 // Returns the kept loss; adds the kept static entries to *count; accumulates the gradient of the kept
 // loss into acc (kFlowGrad) and returns d/dlog_depth through *g_logd.
 template <typename T, typename A>
-MONST3R_HD T flow_residual(T x, T y, T log_d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
+MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
                            const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
                            T* count, A* acc, T* g_logd) {
-  const T d = m_exp(log_d);
   const T p[3] = {(x - cxs) / fs, (y - cys) / fs, T(1)};
   const T s = T(1) / (d + T(1e-6));
   T a[3];
@@ -93,16 +91,17 @@ MONST3R_HD T flow_residual(T x, T y, T log_d, T fs, T cxs, T cys, T ft, T cxt, T
   const T zinv = T(1) / (q[2] + T(1e-6));
   const T ego[2] = {q[0] * zinv - x, q[1] * zinv - y};
   const T meas[2] = {meas_x, meas_y};
-  T loss = T(0), g[2] = {T(0), T(0)};
-  for (int c = 0; c < 2; ++c) {
+  T loss = T(0), g[2];
+  for (int c = 0; c < 2; ++c) {  // branch-free (selects only) so that CPU loops vectorise
     const T diff = (ego[c] - meas[c]) * mask;
     const T ad = diff < T(0) ? -diff : diff;
-    const T l = ad < T(1) ? T(0.5) * diff * diff : ad - T(0.5);
-    if (l < thr) {  // official smooth_L1_loss_fn: kept = (loss < thr) · mask
-      loss += l;
-      *count += mask;
-      g[c] = mask * (ad < T(1) ? diff : (diff > T(0) ? T(1) : T(-1)));
-    }
+    const bool quad = ad < T(1);
+    const T l = quad ? T(0.5) * diff * diff : ad - T(0.5);
+    const T keep = l < thr ? T(1) : T(0);  // official smooth_L1_loss_fn: (loss < thr) · mask
+    loss += keep * l;
+    *count += keep * mask;
+    const T slope = quad ? diff : (diff > T(0) ? T(1) : T(-1));
+    g[c] = keep * mask * slope;
   }
   // back through the projection
   const T gq[3] = {g[0] * zinv, g[1] * zinv, -(g[0] * q[0] + g[1] * q[1]) * zinv * zinv};

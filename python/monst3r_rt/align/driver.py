@@ -9,7 +9,7 @@ import numpy as np
 
 from . import params as P
 from .config import AlignConfig
-from .objective import AlignData, evaluate
+from .objective import AlignData, FlowData, evaluate
 from .result import AlignResult
 
 
@@ -107,6 +107,26 @@ def prepare(
     return AlignData(edges=edges, pp=pp, n_frames=n, diagnostics=diagnostics, **out)
 
 
+def prepare_flow(flows: Any, masks: np.ndarray | None, e: int, n: int, h: int, w: int) -> FlowData:
+    """Validate ``(flow_ij, flow_ji)`` ((E,2,H,W) each, pixels) and build the flow term's data."""
+    if not isinstance(flows, (tuple, list)) or len(flows) != 2:
+        raise ValueError("flows must be a pair (flow_ij, flow_ji), each (E,2,H,W)")
+    arrays = []
+    for name, f in zip(("flow_ij", "flow_ji"), flows, strict=True):
+        f = np.asarray(f)
+        if f.shape != (e, 2, h, w):
+            raise ValueError(f"{name} must have shape {(e, 2, h, w)}, got {f.shape}")
+        bad = ~np.isfinite(f)
+        if bad.any():
+            edge = int(np.argwhere(bad)[0, 0])
+            raise ValueError(
+                f"{name} has {int(bad.sum())} non-finite values (first in edge {edge})"
+            )
+        arrays.append(np.ascontiguousarray(f, dtype=np.float32))
+    static = np.ones((n, h, w), np.float32) if masks is None else (~masks).astype(np.float32)
+    return FlowData(arrays[0], arrays[1], static)
+
+
 def per_frame_conf(edges: np.ndarray, conf_i: np.ndarray, conf_j: np.ndarray, n: int) -> np.ndarray:
     """(N,H,W) max raw confidence of each frame over all its edges (official ``im_conf``)."""
     out = np.zeros((n, *conf_i.shape[1:]), np.float32)
@@ -157,8 +177,6 @@ def global_align(
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda":
         raise NotImplementedError("device='cuda' alignment is not available yet")
-    if flows is not None:
-        raise NotImplementedError("the flow term is not available yet")
     if cfg.solver != "adam":
         raise NotImplementedError(f"solver={cfg.solver!r} is not available yet")
     if cfg.window is not None:
@@ -175,6 +193,7 @@ def global_align(
         masks = np.asarray(dynamic_masks, dtype=bool)
         if masks.shape != (n, h, w):
             raise ValueError(f"dynamic_masks must have shape {(n, h, w)}, got {masks.shape}")
+    flow = None if flows is None else prepare_flow(flows, masks, len(data.edges), n, h, w)
     timings["prepare"] = time.perf_counter() - t0
 
     from .init import init_mst
@@ -190,12 +209,18 @@ def global_align(
     params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
     timings["init"] = time.perf_counter() - t0
 
+    flow_start = cfg.niter * cfg.flow_loss_start
+
     def objective(p: dict[str, np.ndarray], it: int) -> tuple[float, dict[str, np.ndarray]]:
         energy, grads, _ = evaluate(
             data,
             p,
             temporal_smoothing_weight=cfg.temporal_smoothing_weight,
             translation_weight=cfg.translation_weight,
+            flow=flow if (cfg.flow_loss_weight > 0 and it >= flow_start) else None,
+            flow_loss_weight=cfg.flow_loss_weight,
+            flow_loss_threshold=cfg.flow_loss_threshold,
+            pixel_loss_threshold=cfg.pixel_loss_threshold,
         )
         return energy, grads
 
