@@ -75,6 +75,13 @@ def prepare(
         raise ValueError(f"edge {tuple(bad.tolist())} references a frame outside 0..{n - 1}")
     if n < 2:
         raise ValueError(f"global alignment needs at least 2 frames, got {n}")
+    unused = np.setdiff1d(np.arange(n), edges)
+    if len(unused):
+        first = int(unused[0])
+        raise ValueError(
+            f"{len(unused)} of {n} frames appear in no pair (first: frame {first}); "
+            "check the edges or pass images= so that the frame count is known"
+        )
     comps = connected_components(n, edges)
     if len(comps) > 1:
         raise ValueError(
@@ -188,6 +195,12 @@ def global_align(
     data = prepare(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
     n = data.n_frames
     h, w = data.shape
+    if images is not None:
+        shape = tuple(np.shape(images))
+        if shape != (n, h, w, 3):
+            raise ValueError(
+                f"images must have shape {(n, h, w, 3)} like the pointmaps, got {shape}"
+            )
     masks = None
     if dynamic_masks is not None:
         masks = np.asarray(dynamic_masks, dtype=bool)

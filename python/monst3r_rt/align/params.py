@@ -29,6 +29,14 @@ def signed_expm1(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.expm1(np.abs(x))
 
 
+def signed_expm1_grad(x: np.ndarray) -> np.ndarray:
+    """Derivative of :func:`signed_expm1` as PyTorch's autograd computes it for the official code:
+    ``exp|x|``, but exactly 0 at ``x = 0`` (``d sign(x)/dx = d|x|/dx = 0`` there). So an exactly
+    zero translation component — the first camera of the MST initialisation — never moves, as in
+    the official optimiser."""
+    return np.exp(np.abs(x)) * (x != 0)
+
+
 def signed_log1p(x: np.ndarray) -> np.ndarray:
     """Inverse of :func:`signed_expm1`: ``sign(x)·log(1 + |x|)``."""
     return np.sign(x) * np.log1p(np.abs(x))
@@ -137,7 +145,7 @@ def chain(
     poses, pw = params["im_poses"], params["pw_poses"]
     g_poses = np.empty_like(poses)
     g_poses[:, :4] = quat_to_rotmat_vjp(poses[:, :4], grad_rot)
-    g_poses[:, 4:7] = grad_trans * np.exp(np.abs(poses[:, 4:7]))
+    g_poses[:, 4:7] = grad_trans * signed_expm1_grad(poses[:, 4:7])
 
     f = np.exp(params["focal"] / FOCAL_BREAK)
     g_f = grad_focal if params["focal"].shape[0] > 1 else grad_focal.sum(keepdims=True)
@@ -147,7 +155,7 @@ def chain(
     tau = pw[:, 4:7]
     g_pw = np.empty_like(pw)
     g_pw[:, :4] = quat_to_rotmat_vjp(pw[:, :4], grad_edge_rot)
-    g_pw[:, 4:7] = grad_edge_trans * sigma[:, None] * np.exp(np.abs(tau))
+    g_pw[:, 4:7] = grad_edge_trans * sigma[:, None] * signed_expm1_grad(tau)
     g_sigma = grad_edge_scale + np.sum(grad_edge_trans * signed_expm1(tau), axis=1)
     gs = g_sigma * sigma
     g_pw[:, 7] = gs - gs.mean()
