@@ -158,3 +158,42 @@ def test_kernels_match_reference_from_mst_init():
     assert e == pytest.approx(e_ref, rel=1e-9)
     for k in g_ref:
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-6, atol=1e-9 * np.abs(g_ref[k]).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_twin_matches_cpu(dtype):
+    from conftest import cuda_arrays_available
+
+    ok, reason = cuda_arrays_available()
+    if not ok:
+        pytest.skip(reason)
+    pytest.importorskip("torch")
+    from monst3r_rt.align.cuda import CudaKernel
+
+    data, params, flow = random_problem(n=6, h=40, w=56, seed=11, dtype=dtype, flow=True)
+    kw = dict(flow=flow, flow_loss_threshold=1e9, flow_loss_weight=0.2)
+    e_cpu, g_cpu, t_cpu = evaluate(data, params, **kw)
+    kernel = CudaKernel(data, flow)
+    p_gpu = dict(params, log_depth=kernel.upload_log_depth(params["log_depth"]))
+    e_gpu, g_gpu, t_gpu = evaluate(data, p_gpu, kernel=kernel, **kw)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    assert e_gpu == pytest.approx(e_cpu, rel=tol)
+    assert t_gpu["flow"] == pytest.approx(t_cpu["flow"], rel=tol)
+    for k in g_cpu:
+        got = g_gpu[k].cpu().numpy() if hasattr(g_gpu[k], "cpu") else g_gpu[k]
+        err = np.linalg.norm(got - g_cpu[k]) / np.linalg.norm(g_cpu[k])
+        assert err < tol, (k, err)
+
+
+def test_cuda_device_without_gpu_is_a_clear_error():
+    from monst3r_rt import _core
+
+    if _core.cuda_device_count() > 0:
+        pytest.skip("a GPU is present")
+    from monst3r_rt.align import global_align
+    from monst3r_rt.synthetic import make_scene
+
+    sc = make_scene(n_frames=4, size=(16, 16), n_objects=0)
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        global_align(sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, device="cuda")

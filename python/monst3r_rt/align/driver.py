@@ -182,8 +182,6 @@ def global_align(
         raise ValueError("global_align needs pts_i, pts_j, conf_i and conf_j (or predictions)")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda":
-        raise NotImplementedError("device='cuda' alignment is not available yet")
     if cfg.solver != "adam":
         raise NotImplementedError(f"solver={cfg.solver!r} is not available yet")
     if cfg.window is not None:
@@ -223,6 +221,14 @@ def global_align(
     timings["init"] = time.perf_counter() - t0
 
     flow_start = cfg.niter * cfg.flow_loss_start
+    kernel = None
+    if device == "cuda":
+        from .cuda import CudaKernel
+
+        t0 = time.perf_counter()
+        kernel = CudaKernel(data, flow)
+        params["log_depth"] = kernel.upload_log_depth(params["log_depth"])
+        timings["upload"] = time.perf_counter() - t0
 
     def objective(p: dict[str, np.ndarray], it: int) -> tuple[float, dict[str, np.ndarray]]:
         energy, grads, _ = evaluate(
@@ -234,6 +240,7 @@ def global_align(
             flow_loss_weight=cfg.flow_loss_weight,
             flow_loss_threshold=cfg.flow_loss_threshold,
             pixel_loss_threshold=cfg.pixel_loss_threshold,
+            kernel=kernel,
         )
         return energy, grads
 
@@ -242,6 +249,8 @@ def global_align(
     t0 = time.perf_counter()
     params, history = adam(objective, params, cfg.niter, cfg.lr_at)
     timings["optimize"] = time.perf_counter() - t0
+    if kernel is not None:
+        params["log_depth"] = params["log_depth"].cpu().numpy()
     result = assemble(params, data, conf_i, conf_j, masks)
     result.energy = np.asarray(history, dtype=np.float64)
     result.timings = timings

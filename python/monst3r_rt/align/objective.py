@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +72,18 @@ class FlowData:
         return self.flow_ij, self.flow_ji, self.static
 
 
+Kernel = Callable[[AlignData, P.Geometry, dict[str, Any]], tuple]
+
+
+def cpu_kernel(data: AlignData, geo: P.Geometry, flow_args: dict[str, Any]) -> tuple:
+    """One fused pass of the C++/OpenMP kernel (see ``_core.align_energy_grad``)."""
+    return _core.align_energy_grad(
+        data.edges, data.pts_i, data.pts_j, data.w_i, data.w_j,
+        np.ascontiguousarray(geo.depth_log), geo.rot, geo.trans, geo.focal, data.pp,
+        geo.edge_rot, geo.edge_trans, geo.edge_scale, **flow_args,
+    )  # fmt: skip
+
+
 def relative_poses(edges: np.ndarray, rot: np.ndarray, trans: np.ndarray):
     """(E,2,3,3) R_rel and (E,2,3) t_rel of both flow directions: i→j then j→i.
 
@@ -114,6 +128,7 @@ def evaluate(
     flow_loss_weight: float = 0.01,
     flow_loss_threshold: float = 25.0,
     pixel_loss_threshold: float = 50.0,
+    kernel: Kernel | None = None,
 ) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
     """Energy, gradients with respect to every parameter, and the value of each term.
 
@@ -125,6 +140,9 @@ def evaluate(
             iteration). The term is the sum of one masked mean per direction (i→j over all
             edges, j→i over all edges), zeroed when above ``flow_loss_threshold`` (official
             gate).
+        kernel: the fused kernel to call, :func:`cpu_kernel` by default; the CUDA one
+            (:class:`monst3r_rt.align.cuda.CudaKernel`) keeps ``log_depth`` and its gradient on
+            the GPU (torch tensors) and everything else on the host.
 
     Returns:
         ``(energy, grads, terms)``; ``grads`` has the keys and shapes of ``params``; ``terms``
@@ -139,11 +157,7 @@ def evaluate(
             flow_ij=flow.flow_ij, flow_ji=flow.flow_ji, static_mask=flow.static,
             flow_rot=f_rot, flow_trans=f_trans, pixel_thr=pixel_loss_threshold,
         )  # fmt: skip
-    out = _core.align_energy_grad(
-        data.edges, data.pts_i, data.pts_j, data.w_i, data.w_j,
-        np.ascontiguousarray(geo.depth_log), geo.rot, geo.trans, geo.focal, data.pp,
-        geo.edge_rot, geo.edge_trans, geo.edge_scale, **flow_args,
-    )  # fmt: skip
+    out = (kernel or cpu_kernel)(data, geo, flow_args)
     energy, g_depth, g_frame, g_edge = out[:4]
     h, w = data.shape
     norm = 1.0 / (len(data.edges) * h * w)

@@ -115,8 +115,9 @@ class Geometry:
 
 
 def geometry(params: dict[str, np.ndarray], n_frames: int) -> Geometry:
-    """Parameters → :class:`Geometry`, in the parameters' dtype."""
-    dt = params["log_depth"].dtype
+    """Parameters → :class:`Geometry`, in the parameters' dtype (``log_depth`` may be a GPU
+    tensor; it is passed through)."""
+    dt = params["im_poses"].dtype
     poses, pw = params["im_poses"], params["pw_poses"]
     sigma = pairwise_scale(pw[:, 7])
     focal = np.broadcast_to(np.exp(params["focal"] / FOCAL_BREAK), (n_frames,))
@@ -160,7 +161,11 @@ def chain(
     gs = g_sigma * sigma
     g_pw[:, 7] = gs - gs.mean()
     return {
-        "log_depth": grad_log_depth.astype(params["log_depth"].dtype, copy=False),
+        "log_depth": (
+            grad_log_depth.astype(params["log_depth"].dtype, copy=False)
+            if isinstance(grad_log_depth, np.ndarray)
+            else grad_log_depth  # a GPU tensor from the CUDA kernel
+        ),
         "im_poses": g_poses.astype(poses.dtype, copy=False),
         "focal": g_focal.astype(params["focal"].dtype, copy=False),
         "pw_poses": g_pw.astype(pw.dtype, copy=False),

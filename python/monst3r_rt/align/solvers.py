@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
+import numpy as np  # noqa: F401 - documents the array type of Params
 
 Params = dict[str, np.ndarray]
 Objective = Callable[[Params, int], tuple[float, Params]]
@@ -32,9 +32,10 @@ def adam(
         Final parameters and the energy of every iteration (evaluated before its step).
     """
     b1, b2 = betas
-    p = {k: v.copy() for k, v in params.items()}
-    m = {k: np.zeros_like(v) for k, v in p.items()}
-    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    # numpy arrays or torch tensors (log_depth on the GPU): only operators common to both
+    p = {k: v.clone() if hasattr(v, "clone") else v.copy() for k, v in params.items()}
+    m = {k: v * 0 for k, v in p.items()}
+    v2 = {k: v * 0 for k, v in p.items()}
     history: list[float] = []
     for it in range(niter):
         energy, grads = objective(p, it)
@@ -49,6 +50,6 @@ def adam(
             m[k] += (1 - b1) * g
             v2[k] *= b2
             v2[k] += (1 - b2) * g * g
-            denom = np.sqrt(v2[k]) / np.sqrt(bc2) + eps
+            denom = v2[k] ** 0.5 / bc2**0.5 + eps
             p[k] -= (lr / bc1) * m[k] / denom
     return p, history
