@@ -139,3 +139,23 @@ def test_disconnected_graph_and_single_frame():
     one = np.zeros((1, 2), np.int64)
     with pytest.raises(ValueError, match="at least 2 frames"):
         global_align(one, sc.pts_i[:1], sc.pts_j[:1], sc.conf_i[:1], sc.conf_j[:1])
+
+
+def test_windowed_alignment_matches_full_video():
+    sc = make_scene(n_frames=18, size=(24, 32), n_objects=1, depth_noise=0.02, seed=10)
+    full = _run(sc, config=AlignConfig(niter=150))
+    win = _run(sc, config=AlignConfig(niter=150, window=(10, 5)))
+    assert win.diagnostics["windows"] == [[0, 10], [5, 15], [10, 18]]
+    # swinstride-5 links frames up to 9 apart: those crossing every window are dropped
+    assert win.diagnostics["edges_outside_windows"] > 0
+    assert len(win.energy) == 3 * 150
+    assert ate(win.poses, sc.poses) < max(2 * ate(full.poses, sc.poses), 0.05)
+    assert depth_error(win.depths, sc.depths) < 0.05
+    # continuity: no jump in the trajectory where windows meet
+    steps = np.linalg.norm(np.diff(win.poses[:, :3, 3], axis=0), axis=1)
+    assert steps.max() < 3 * np.median(steps)
+
+
+def test_window_config_is_validated():
+    with pytest.raises(ValueError, match="overlap"):
+        AlignConfig(window=(5, 5))

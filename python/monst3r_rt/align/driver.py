@@ -182,10 +182,6 @@ def global_align(
         raise ValueError("global_align needs pts_i, pts_j, conf_i and conf_j (or predictions)")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if cfg.solver != "adam":
-        raise NotImplementedError(f"solver={cfg.solver!r} is not available yet")
-    if cfg.window is not None:
-        raise NotImplementedError("windowed alignment is not available yet")
     n_frames = None if images is None else len(images)
     timings: dict[str, float] = {}
 
@@ -207,9 +203,30 @@ def global_align(
     flow = None if flows is None else prepare_flow(flows, masks, len(data.edges), n, h, w)
     timings["prepare"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    if cfg.window is None:
+        params = _init(data, pts_i, pts_j, conf_i, conf_j, cfg)
+        timings["init"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        params, history = _optimize(data, flow, cfg, device, params)
+        timings["optimize"] = time.perf_counter() - t0
+        extra: dict[str, Any] = {}
+    else:
+        params, history, extra = _align_windows(
+            data, flow, cfg, device, pts_i, pts_j, conf_i, conf_j
+        )
+        timings["windows"] = time.perf_counter() - t0
+    result = assemble(params, data, conf_i, conf_j, masks)
+    result.energy = np.asarray(history, dtype=np.float64)
+    result.timings = timings
+    result.diagnostics = dict(data.diagnostics, solver=cfg.solver, niter=cfg.niter, **extra)
+    return result
+
+
+def _init(data: AlignData, pts_i, pts_j, conf_i, conf_j, cfg: AlignConfig) -> dict[str, np.ndarray]:
+    """Official MST initialisation; non-finite predictions are passed as NaN (ignored)."""
     from .init import init_mst
 
-    t0 = time.perf_counter()
     valid_i = np.isfinite(np.asarray(pts_i)).all(-1) & np.isfinite(np.asarray(conf_i))
     valid_j = np.isfinite(np.asarray(pts_j)).all(-1) & np.isfinite(np.asarray(conf_j))
     params = init_mst(
@@ -217,18 +234,42 @@ def global_align(
         np.where(valid_j[..., None], data.pts_j, np.nan), conf_i, conf_j,
         shared_focal=cfg.shared_focal, min_conf_thr=cfg.min_conf_thr,
     )  # fmt: skip
-    params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
-    timings["init"] = time.perf_counter() - t0
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 
+
+def _optimize(
+    data: AlignData,
+    flow: FlowData | None,
+    cfg: AlignConfig,
+    device: str,
+    params: dict[str, np.ndarray],
+    frozen: np.ndarray | None = None,
+    freeze_focal: bool = False,
+    pin_scale: bool = True,
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Run the configured solver from ``params``; ``frozen`` (N,) bool frames keep their depth
+    and pose (their gradients are zeroed, so Adam never moves them)."""
+    if cfg.solver == "lm":
+        if flow is not None or frozen is not None or device != "cpu":
+            raise ValueError(
+                "solver='lm' supports the alignment and smoothness terms on the CPU, without "
+                "flows or windows; use solver='adam' for those"
+            )
+        from .lm import solve_lm
+
+        return solve_lm(
+            data, params, niter=cfg.niter if cfg.niter <= 100 else 30,
+            temporal_smoothing_weight=cfg.temporal_smoothing_weight,
+            translation_weight=cfg.translation_weight,
+        )  # fmt: skip
     flow_start = cfg.niter * cfg.flow_loss_start
     kernel = None
+    params = dict(params)
     if device == "cuda":
         from .cuda import CudaKernel
 
-        t0 = time.perf_counter()
         kernel = CudaKernel(data, flow)
         params["log_depth"] = kernel.upload_log_depth(params["log_depth"])
-        timings["upload"] = time.perf_counter() - t0
 
     def objective(p: dict[str, np.ndarray], it: int) -> tuple[float, dict[str, np.ndarray]]:
         energy, grads, _ = evaluate(
@@ -241,21 +282,130 @@ def global_align(
             flow_loss_threshold=cfg.flow_loss_threshold,
             pixel_loss_threshold=cfg.pixel_loss_threshold,
             kernel=kernel,
+            pin_scale=pin_scale,
         )
+        if frozen is not None:
+            grads["log_depth"][frozen] = 0
+            grads["im_poses"][frozen] = 0
+        if freeze_focal:
+            grads["focal"][:] = 0
         return energy, grads
 
     from .solvers import adam
 
-    t0 = time.perf_counter()
     params, history = adam(objective, params, cfg.niter, cfg.lr_at)
-    timings["optimize"] = time.perf_counter() - t0
     if kernel is not None:
         params["log_depth"] = params["log_depth"].cpu().numpy()
-    result = assemble(params, data, conf_i, conf_j, masks)
-    result.energy = np.asarray(history, dtype=np.float64)
-    result.timings = timings
-    result.diagnostics = dict(data.diagnostics, solver=cfg.solver, niter=cfg.niter)
-    return result
+    return params, history
+
+
+def window_ranges(n: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Frame ranges [a, b) of overlapping windows covering 0..n−1."""
+    out, start = [], 0
+    while True:
+        end = min(start + size, n)
+        out.append((start, end))
+        if end == n:
+            return out
+        start = end - overlap
+
+
+def _similarity(params: dict[str, np.ndarray], s: float, rot: np.ndarray, t: np.ndarray) -> None:
+    """Apply the world similarity X ↦ s·rot·X + t to a window's parameters, in place (the
+    pairwise log-scales are returned unpinned: σ_e absolute)."""
+    geo = P.geometry(params, len(params["im_poses"]))
+    new_rot = rot @ geo.rot
+    new_t = s * geo.trans @ rot.T + t
+    params["im_poses"][:, :4] = P.rotmat_to_quat(new_rot)
+    params["im_poses"][:, 4:7] = P.signed_log1p(new_t)
+    params["log_depth"] += np.float32(np.log(s))
+    sigma = s * geo.edge_scale
+    edge_rot = rot @ geo.edge_rot
+    edge_t = s * geo.edge_trans @ rot.T + t
+    params["pw_poses"][:, :4] = P.rotmat_to_quat(edge_rot)
+    params["pw_poses"][:, 4:7] = P.signed_log1p(edge_t / sigma[:, None])
+    params["pw_poses"][:, 7] = np.log(sigma)
+
+
+def _align_windows(
+    data: AlignData, flow: FlowData | None, cfg: AlignConfig, device: str, pts_i, pts_j,
+    conf_i, conf_j,
+) -> tuple[dict[str, np.ndarray], list[float], dict[str, Any]]:  # fmt: skip
+    """Overlapping windows, each optimised with the previous window's overlap frozen, so the
+    optimiser's memory is bounded by the window. Poses and scale stay continuous: each window's
+    initialisation is mapped onto the frozen frames by a similarity before optimising."""
+    from ..geometry import depth_to_points
+    from .init import weighted_procrustes
+
+    size, overlap = cfg.window  # type: ignore[misc]
+    if not cfg.shared_focal:
+        raise ValueError("windowed alignment needs shared_focal=True (one focal for the video)")
+    pts_i, pts_j = np.asarray(pts_i), np.asarray(pts_j)
+    conf_i, conf_j = np.asarray(conf_i), np.asarray(conf_j)
+    n = data.n_frames
+    h, w = data.shape
+    edges = data.edges
+    full = {
+        "log_depth": np.zeros((n, h, w), np.float32),
+        "im_poses": np.zeros((n, 7), np.float32),
+        "focal": None,
+    }
+    history: list[float] = []
+    used = np.zeros(len(edges), bool)
+    ranges = window_ranges(n, size, overlap)
+    for k, (a, b) in enumerate(ranges):
+        sel = np.flatnonzero((edges >= a).all(1) & (edges < b).all(1))
+        used[sel] = True
+        sub = prepare(edges[sel] - a, pts_i[sel], pts_j[sel], conf_i[sel], conf_j[sel], b - a)
+        sub_flow = None
+        if flow is not None:
+            sub_flow = FlowData(flow.flow_ij[sel], flow.flow_ji[sel], flow.static[a:b])
+        params = _init(sub, pts_i[sel], pts_j[sel], conf_i[sel], conf_j[sel], cfg)
+        if k == 0:
+            params, hist = _optimize(sub, sub_flow, cfg, device, params)
+        else:
+            # map the window's own frame onto the frozen overlap (camera centres and points)
+            ov = np.arange(a, ranges[k - 1][1])
+            fixed = {key: full[key][ov] for key in ("log_depth", "im_poses")}
+            fixed["focal"] = full["focal"]
+            local = {key: params[key][ov - a] for key in ("log_depth", "im_poses")}
+            local["focal"] = params["focal"]
+            src = _world_points(local, depth_to_points, sub.pp[: len(ov)])
+            dst = _world_points(fixed, depth_to_points, sub.pp[: len(ov)])
+            stride = max(1, src.shape[0] // 20000)
+            s, rot, t = weighted_procrustes(src[::stride], dst[::stride], None, with_scale=True)
+            _similarity(params, s, rot, t)
+            params["log_depth"][ov - a] = full["log_depth"][ov]
+            params["im_poses"][ov - a] = full["im_poses"][ov]
+            params["focal"] = full["focal"].copy()
+            frozen = np.zeros(b - a, bool)
+            frozen[ov - a] = True
+            params, hist = _optimize(
+                sub, sub_flow, cfg, device, params, frozen=frozen, freeze_focal=True,
+                pin_scale=False,
+            )  # fmt: skip
+        history.extend(hist)
+        full["log_depth"][a:b] = params["log_depth"]
+        full["im_poses"][a:b] = params["im_poses"]
+        full["focal"] = params["focal"]
+    out = {
+        "log_depth": full["log_depth"],
+        "im_poses": full["im_poses"],
+        "focal": full["focal"],
+        "pw_poses": np.tile(np.array([0, 0, 0, 1, 0, 0, 0, 0], np.float32), (len(edges), 1)),
+    }
+    extra = {"windows": [list(r) for r in ranges], "edges_outside_windows": int((~used).sum())}
+    return out, history, extra
+
+
+def _world_points(params: dict[str, np.ndarray], depth_to_points, pp: np.ndarray) -> np.ndarray:
+    """(M,3) world points of the given frames' depth maps (float64)."""
+    n = len(params["im_poses"])
+    identity = np.array([[0, 0, 0, 1, 0, 0, 0, 0]], np.float32)  # no edges needed here
+    geo = P.geometry(dict(params, pw_poses=identity), n)
+    cam = depth_to_points(np.exp(params["log_depth"]).astype(np.float32), geo.focal, pp)
+    world = np.einsum("nij,nhwj->nhwi", geo.rot, cam) + geo.trans[:, None, None]
+    return world.reshape(-1, 3).astype(np.float64)
 
 
 def assemble(

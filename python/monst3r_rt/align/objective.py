@@ -129,6 +129,7 @@ def evaluate(
     flow_loss_threshold: float = 25.0,
     pixel_loss_threshold: float = 50.0,
     kernel: Kernel | None = None,
+    pin_scale: bool = True,
 ) -> tuple[float, dict[str, np.ndarray], dict[str, float]]:
     """Energy, gradients with respect to every parameter, and the value of each term.
 
@@ -143,13 +144,15 @@ def evaluate(
         kernel: the fused kernel to call, :func:`cpu_kernel` by default; the CUDA one
             (:class:`monst3r_rt.align.cuda.CudaKernel`) keeps ``log_depth`` and its gradient on
             the GPU (torch tensors) and everything else on the host.
+        pin_scale: the official gauge (geometric mean of the pairwise scales = 0.5); False
+            when frozen frames fix the scale (windowed alignment).
 
     Returns:
         ``(energy, grads, terms)``; ``grads`` has the keys and shapes of ``params``; ``terms``
         holds ``align``, ``smooth`` and ``flow`` (after the gate).
     """
     n = data.n_frames
-    geo = P.geometry(params, n)
+    geo = P.geometry(params, n, pin_scale)
     flow_args: dict[str, object] = {}
     if flow is not None:
         f_rot, f_trans = relative_poses(data.edges, geo.rot, geo.trans)
@@ -190,6 +193,7 @@ def evaluate(
         g_edge[:, :9].reshape(-1, 3, 3) * norm,
         g_edge[:, 9:12] * norm,
         g_edge[:, 12] * norm,
+        pin_scale,
     )
     total = terms["align"] + temporal_smoothing_weight * smooth + flow_loss_weight * terms["flow"]
     return total, grads, terms

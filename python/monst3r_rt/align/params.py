@@ -96,9 +96,10 @@ def rotmat_to_quat(r: np.ndarray) -> np.ndarray:
     return out
 
 
-def pairwise_scale(s: np.ndarray) -> np.ndarray:
-    """(E,) log-scales → σ (E,) with geometric mean pinned to ``BASE_SCALE``."""
-    return np.exp(s - s.mean() + np.log(BASE_SCALE))
+def pairwise_scale(s: np.ndarray, pin: bool = True) -> np.ndarray:
+    """(E,) log-scales → σ (E,) with geometric mean pinned to ``BASE_SCALE`` (official gauge), or
+    ``exp(s)`` when ``pin`` is False (windows after the first: frozen frames fix the gauge)."""
+    return np.exp(s - s.mean() + np.log(BASE_SCALE)) if pin else np.exp(s)
 
 
 @dataclass
@@ -114,12 +115,12 @@ class Geometry:
     edge_scale: np.ndarray  # (E,)
 
 
-def geometry(params: dict[str, np.ndarray], n_frames: int) -> Geometry:
+def geometry(params: dict[str, np.ndarray], n_frames: int, pin_scale: bool = True) -> Geometry:
     """Parameters → :class:`Geometry`, in the parameters' dtype (``log_depth`` may be a GPU
     tensor; it is passed through)."""
     dt = params["im_poses"].dtype
     poses, pw = params["im_poses"], params["pw_poses"]
-    sigma = pairwise_scale(pw[:, 7])
+    sigma = pairwise_scale(pw[:, 7], pin_scale)
     focal = np.broadcast_to(np.exp(params["focal"] / FOCAL_BREAK), (n_frames,))
     return Geometry(
         depth_log=params["log_depth"],
@@ -141,6 +142,7 @@ def chain(
     grad_edge_rot: np.ndarray,
     grad_edge_trans: np.ndarray,
     grad_edge_scale: np.ndarray,
+    pin_scale: bool = True,
 ) -> dict[str, np.ndarray]:
     """Gradients of the natural quantities → gradients of the parameters (same keys/shapes)."""
     poses, pw = params["im_poses"], params["pw_poses"]
@@ -152,14 +154,14 @@ def chain(
     g_f = grad_focal if params["focal"].shape[0] > 1 else grad_focal.sum(keepdims=True)
     g_focal = g_f * f / FOCAL_BREAK
 
-    sigma = pairwise_scale(pw[:, 7])
+    sigma = pairwise_scale(pw[:, 7], pin_scale)
     tau = pw[:, 4:7]
     g_pw = np.empty_like(pw)
     g_pw[:, :4] = quat_to_rotmat_vjp(pw[:, :4], grad_edge_rot)
     g_pw[:, 4:7] = grad_edge_trans * sigma[:, None] * signed_expm1_grad(tau)
     g_sigma = grad_edge_scale + np.sum(grad_edge_trans * signed_expm1(tau), axis=1)
     gs = g_sigma * sigma
-    g_pw[:, 7] = gs - gs.mean()
+    g_pw[:, 7] = gs - gs.mean() if pin_scale else gs
     return {
         "log_depth": (
             grad_log_depth.astype(params["log_depth"].dtype, copy=False)
