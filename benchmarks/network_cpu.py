@@ -113,12 +113,13 @@ def main() -> None:
         rate = r["pairs"] / r["seconds"]
         print(
             f"{names[r['mode']]:<34}{r['pairs']:>6}{r['seconds'] / r['pairs']:>9.2f}"
-            f"{rate:>9.3f}{rate / base:>7.2f}x{r['peak_mb']:>9.0f}"
+            f"{rate:>9.3f}{rate / base if base else float('nan'):>7.2f}x{r['peak_mb']:>9.0f}"
         )
-    print(
-        f"official implementation, measured earlier on this machine type: "
-        f"{OFFICIAL_S_PER_PAIR} s/pair; (a) is {OFFICIAL_S_PER_PAIR * base:.2f}x that speed"
-    )
+    if base:
+        print(
+            f"official implementation, measured earlier on this machine type: "
+            f"{OFFICIAL_S_PER_PAIR} s/pair; (a) is {OFFICIAL_S_PER_PAIR * base:.2f}x that speed"
+        )
 
 
 if __name__ == "__main__":
