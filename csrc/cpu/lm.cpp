@@ -1,0 +1,265 @@
+// CPU accumulation of the reduced (depth-eliminated) Gauss–Newton system, see monst3r/lm.h.
+// Same loop structure as align.cpp: OpenMP tasks over (frame, pixel chunk), incident (edge,
+// side) lists, float64 thread-local accumulators reduced at the end.
+#include "monst3r/lm.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+namespace monst3r {
+namespace {
+
+using Incident = std::vector<std::vector<std::pair<int64_t, int>>>;
+
+template <typename T>
+Incident incident_lists(const AlignProblem<T>& pb) {
+  Incident inc(pb.n_frames);
+  for (int64_t e = 0; e < pb.n_edges; ++e) {
+    inc[pb.edges[2 * e]].emplace_back(e, 0);
+    inc[pb.edges[2 * e + 1]].emplace_back(e, 1);
+  }
+  return inc;
+}
+
+constexpr int64_t kChunk = 512;
+
+inline void cross(const double* x, const double* y, double* z) {
+  z[0] = x[1] * y[2] - x[2] * y[1];
+  z[1] = x[2] * y[0] - x[0] * y[2];
+  z[2] = x[0] * y[1] - x[1] * y[0];
+}
+
+// Pixel geometry: camera point c, a = R c, n = R(−c_x, −c_y, 0).
+template <typename T>
+inline void pixel_geometry(const AlignProblem<T>& pb, int64_t v, int64_t p, double* a, double* n) {
+  const T* R = pb.rot + 9 * v;
+  const double f = pb.focal[v], cx = pb.pp[2 * v], cy = pb.pp[2 * v + 1];
+  const double d = std::exp(static_cast<double>(pb.log_depth[v * pb.height * pb.width + p]));
+  const double x = static_cast<double>(p % pb.width), y = static_cast<double>(p / pb.width);
+  const double c[3] = {d * (x - cx) / f, d * (y - cy) / f, d};
+  for (int k = 0; k < 3; ++k) {
+    a[k] = R[3 * k] * c[0] + R[3 * k + 1] * c[1] + R[3 * k + 2] * c[2];
+    n[k] = -(R[3 * k] * c[0] + R[3 * k + 1] * c[1]);
+  }
+}
+
+template <typename T>
+inline void edge_point(const AlignProblem<T>& pb, int64_t e, int side, int64_t p, double* b) {
+  const T* Re = pb.edge_rot + 9 * e;
+  const T* pr = pb.pts[side] + (e * pb.height * pb.width + p) * 3;
+  const double s = pb.edge_scale[e];
+  for (int k = 0; k < 3; ++k) b[k] = s * (Re[3 * k] * pr[0] + Re[3 * k + 1] * pr[1] + Re[3 * k + 2] * pr[2]);
+}
+
+// J_f (3×7) row-major.
+inline void frame_jacobian(const double* a, const double* n, double* J) {
+  const double m[21] = {0,     a[2], -a[1], 1, 0, 0, n[0],  //
+                        -a[2], 0,    a[0],  0, 1, 0, n[1],  //
+                        a[1],  -a[0], 0,    0, 0, 1, n[2]};
+  std::copy(m, m + 21, J);
+}
+
+}  // namespace
+
+template <typename T>
+void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& out) {
+  const int64_t n = pb.n_frames, e_count = pb.n_edges, hw = pb.height * pb.width;
+  const double eps = eps_t;
+  const Incident incident = incident_lists(pb);
+  const int64_t chunks = (hw + kChunk - 1) / kChunk;
+  const int64_t tasks = n * chunks;
+  std::vector<double> frame_total(n * kLmFrameAcc, 0.0), edge_total(e_count * 2 * kLmEdgeAcc, 0.0);
+  double energy_total = 0.0;
+
+#pragma omp parallel
+  {
+    std::vector<double> frame_acc(frame_total.size(), 0.0), edge_acc(edge_total.size(), 0.0);
+    std::vector<double> pa(3 * kChunk), pn(3 * kChunk), ph(kChunk), pg(kChunk), pws(kChunk),
+        pwr(3 * kChunk), pm(21 * kChunk);
+    double energy = 0.0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t v = task / chunks;
+      const int64_t p0 = (task - v * chunks) * kChunk;
+      const int64_t p1 = std::min(hw, p0 + kChunk);
+      const T* Tv = pb.trans + 3 * v;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = p - p0;
+        pixel_geometry(pb, v, p, &pa[3 * q], &pn[3 * q]);
+        ph[q] = pg[q] = pws[q] = 0.0;
+        pwr[3 * q] = pwr[3 * q + 1] = pwr[3 * q + 2] = 0.0;
+      }
+      // pass 1: residuals, weights, per-pixel sums
+      for (const auto& [e, side] : incident[v]) {
+        const T* te = pb.edge_trans + 3 * e;
+        const T* wts = pb.weight[side] + e * hw;
+        T* wout = out.weight + (2 * e + side) * hw;
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t q = p - p0;
+          const double wp = wts[p];
+          if (wp == 0.0) {
+            wout[p] = T(0);
+            continue;
+          }
+          double b[3], r[3];
+          edge_point(pb, e, side, p, b);
+          const double* a = &pa[3 * q];
+          for (int k = 0; k < 3; ++k) r[k] = a[k] + Tv[k] - b[k] - te[k];
+          const double nr = std::sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+          energy += wp * nr;
+          const double W = wp / std::max(nr, eps);
+          wout[p] = static_cast<T>(W);
+          ph[q] += W * (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]);
+          pg[q] += W * (a[0] * r[0] + a[1] * r[1] + a[2] * r[2]);
+          pws[q] += W;
+          for (int k = 0; k < 3; ++k) pwr[3 * q + k] += W * r[k];
+        }
+      }
+      // per pixel: frame block and reduced frame gradient, M = (I − κaaᵀ) J_f
+      double* facc = frame_acc.data() + v * kLmFrameAcc;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = p - p0;
+        const double* a = &pa[3 * q];
+        const double H = ph[q];
+        const double kap = H > 0 ? pws[q] / H : 0.0;
+        double J[21];
+        frame_jacobian(a, &pn[3 * q], J);
+        double* M = &pm[21 * q];
+        for (int k = 0; k < 7; ++k) {
+          const double aj = a[0] * J[k] + a[1] * J[7 + k] + a[2] * J[14 + k];
+          for (int i = 0; i < 3; ++i) M[7 * i + k] = J[7 * i + k] - kap * a[i] * aj;
+        }
+        const double ws = pws[q];
+        if (ws == 0.0) continue;
+        int idx = 0;
+        for (int k = 0; k < 7; ++k)
+          for (int l = k; l < 7; ++l, ++idx)
+            facc[idx] += ws * (J[k] * M[l] + J[7 + k] * M[7 + l] + J[14 + k] * M[14 + l]);
+        const double gh = H > 0 ? ws * pg[q] / H : 0.0;
+        double vr[3];
+        for (int i = 0; i < 3; ++i) vr[i] = pwr[3 * q + i] - gh * a[i];
+        for (int k = 0; k < 7; ++k) facc[28 + k] += J[k] * vr[0] + J[7 + k] * vr[1] + J[14 + k] * vr[2];
+      }
+      // pass 2: edge moments, frame–edge blocks, reduced edge gradient
+      for (const auto& [e, side] : incident[v]) {
+        const T* te = pb.edge_trans + 3 * e;
+        const T* wout = out.weight + (2 * e + side) * hw;
+        double* acc = edge_acc.data() + (2 * e + side) * kLmEdgeAcc;
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t q = p - p0;
+          const double W = wout[p];
+          if (W == 0.0) continue;
+          const double H = ph[q];
+          double b[3], r[3], u[7], wb[3];
+          edge_point(pb, e, side, p, b);
+          const double* a = &pa[3 * q];
+          for (int k = 0; k < 3; ++k) r[k] = a[k] + Tv[k] - b[k] - te[k];
+          acc[0] += W;
+          for (int k = 0; k < 3; ++k) wb[k] = W * b[k];
+          acc[1] += wb[0], acc[2] += wb[1], acc[3] += wb[2];
+          acc[4] += wb[0] * b[0], acc[5] += wb[0] * b[1], acc[6] += wb[0] * b[2];
+          acc[7] += wb[1] * b[1], acc[8] += wb[1] * b[2], acc[9] += wb[2] * b[2];
+          cross(a, b, u);
+          u[3] = -a[0], u[4] = -a[1], u[5] = -a[2];
+          u[6] = -(a[0] * b[0] + a[1] * b[1] + a[2] * b[2]);
+          const double w2h = H > 0 ? W * W / H : 0.0;
+          int idx = 10;
+          for (int k = 0; k < 7; ++k) {
+            const double uk = w2h * u[k];
+            for (int l = k; l < 7; ++l, ++idx) acc[idx] += uk * u[l];
+          }
+          const double* M = &pm[21 * q];
+          for (int k = 0; k < 21; ++k) acc[38 + k] += W * M[k];
+          for (int k = 0; k < 7; ++k)
+            for (int i = 0; i < 3; ++i) {
+              const double mik = M[7 * i + k];
+              double* dst = acc + 59 + 9 * k + 3 * i;
+              dst[0] += mik * wb[0], dst[1] += mik * wb[1], dst[2] += mik * wb[2];
+            }
+          const double gh = H > 0 ? pg[q] / H : 0.0;
+          double vr[3], vb[3];
+          for (int k = 0; k < 3; ++k) vr[k] = W * (r[k] - gh * a[k]);
+          cross(vr, b, vb);  // [b]×ᵀ v = v × b
+          acc[122] += vb[0], acc[123] += vb[1], acc[124] += vb[2];
+          acc[125] -= vr[0], acc[126] -= vr[1], acc[127] -= vr[2];
+          acc[128] -= b[0] * vr[0] + b[1] * vr[1] + b[2] * vr[2];
+        }
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = p - p0;
+        out.hdd[v * hw + p] = static_cast<T>(ph[q]);
+        out.gd[v * hw + p] = static_cast<T>(pg[q]);
+        for (int k = 0; k < 3; ++k) out.apt[(v * hw + p) * 3 + k] = static_cast<T>(pa[3 * q + k]);
+      }
+    }
+#pragma omp critical
+    {
+      for (size_t k = 0; k < frame_total.size(); ++k) frame_total[k] += frame_acc[k];
+      for (size_t k = 0; k < edge_total.size(); ++k) edge_total[k] += edge_acc[k];
+      energy_total += energy;
+    }
+  }
+  std::copy(frame_total.begin(), frame_total.end(), out.frame_acc);
+  std::copy(edge_total.begin(), edge_total.end(), out.edge_acc);
+  *out.energy = energy_total;
+}
+
+template <typename T>
+void lm_backsub_cpu(const AlignProblem<T>& pb, const LmBacksub<T>& bs) {
+  const int64_t n = pb.n_frames, hw = pb.height * pb.width;
+  const Incident incident = incident_lists(pb);
+  const int64_t chunks = (hw + kChunk - 1) / kChunk;
+  const int64_t tasks = n * chunks;
+#pragma omp parallel
+  {
+    std::vector<double> pa(3 * kChunk), ps(kChunk);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t v = task / chunks;
+      const int64_t p0 = (task - v * chunks) * kChunk;
+      const int64_t p1 = std::min(hw, p0 + kChunk);
+      const double* df = bs.dframe + 7 * v;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = p - p0;
+        double nn[3], dx[3];
+        double* a = &pa[3 * q];
+        pixel_geometry(pb, v, p, a, nn);
+        cross(df, a, dx);
+        for (int k = 0; k < 3; ++k) dx[k] += df[3 + k] + nn[k] * df[6];
+        double ws = 0.0;
+        for (const auto& [e, side] : incident[v]) ws += bs.weight[(2 * e + side) * hw + p];
+        ps[q] = ws * (a[0] * dx[0] + a[1] * dx[1] + a[2] * dx[2]);
+      }
+      for (const auto& [e, side] : incident[v]) {
+        const double* de = bs.dedge + 7 * e;
+        const T* wt = bs.weight + (2 * e + side) * hw;
+        for (int64_t p = p0; p < p1; ++p) {
+          const double W = wt[p];
+          if (W == 0.0) continue;
+          const int64_t q = p - p0;
+          double b[3], bp[3];
+          edge_point(pb, e, side, p, b);
+          cross(b, de, bp);  // J_e δe = b × δφ − δt − b δs
+          const double* a = &pa[3 * q];
+          double s = 0.0;
+          for (int k = 0; k < 3; ++k) s += a[k] * (bp[k] - de[3 + k] - b[k] * de[6]);
+          ps[q] += W * s;
+        }
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const double H = bs.hdd[v * hw + p];
+        bs.dl[v * hw + p] =
+            H > 0 ? static_cast<T>(-(bs.gd[v * hw + p] + ps[p - p0]) / H) : T(0);
+      }
+    }
+  }
+}
+
+template void lm_accumulate_cpu<float>(const AlignProblem<float>&, float, const LmOutputs<float>&);
+template void lm_accumulate_cpu<double>(const AlignProblem<double>&, double,
+                                        const LmOutputs<double>&);
+template void lm_backsub_cpu<float>(const AlignProblem<float>&, const LmBacksub<float>&);
+template void lm_backsub_cpu<double>(const AlignProblem<double>&, const LmBacksub<double>&);
+
+}  // namespace monst3r
