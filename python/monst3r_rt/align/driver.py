@@ -92,8 +92,9 @@ def prepare(
     diagnostics: dict[str, int] = {}
     out: dict[str, np.ndarray] = {}
     for side in ("i", "j"):
-        pts = arrays[f"pts_{side}"].astype(np.float32)
-        conf = arrays[f"conf_{side}"].astype(np.float32)
+        # no copy of the pointmaps when they are already float32, contiguous and finite
+        pts = np.ascontiguousarray(arrays[f"pts_{side}"], dtype=np.float32)
+        conf = np.asarray(arrays[f"conf_{side}"], dtype=np.float32)
         valid = np.isfinite(pts).all(-1) & np.isfinite(conf)
         low = valid & (conf < 1)
         if low.any():
@@ -101,12 +102,14 @@ def prepare(
                 f"conf_{side} has {int(low.sum())} values < 1 (min {conf[low].min():.4g}); "
                 "pass the network's raw confidence (1 + exp(c) ≥ 1)"
             )
-        diagnostics[f"invalid_pixels_{side}"] = int((~valid).sum())
-        pts[~valid] = 0
-        out[f"pts_{side}"] = np.ascontiguousarray(pts)
-        out[f"w_{side}"] = np.ascontiguousarray(
-            np.where(valid, np.log(np.where(valid, conf, 1)), 0)
-        )
+        n_invalid = int(valid.size - np.count_nonzero(valid))
+        diagnostics[f"invalid_pixels_{side}"] = n_invalid
+        if n_invalid:
+            pts = pts.copy() if np.shares_memory(pts, arrays[f"pts_{side}"]) else pts
+            pts[~valid] = 0
+            conf = np.where(valid, conf, 1)
+        out[f"pts_{side}"] = pts
+        out[f"w_{side}"] = np.log(conf)  # 0 where invalid (conf set to 1)
     diagnostics["invalid_pixels"] = (
         diagnostics["invalid_pixels_i"] + diagnostics["invalid_pixels_j"]
     )
@@ -227,12 +230,16 @@ def _init(data: AlignData, pts_i, pts_j, conf_i, conf_j, cfg: AlignConfig) -> di
     """Official MST initialisation; non-finite predictions are passed as NaN (ignored)."""
     from .init import init_mst
 
-    valid_i = np.isfinite(np.asarray(pts_i)).all(-1) & np.isfinite(np.asarray(conf_i))
-    valid_j = np.isfinite(np.asarray(pts_j)).all(-1) & np.isfinite(np.asarray(conf_j))
+    def masked(pts: np.ndarray, side: str) -> np.ndarray:
+        if not data.diagnostics.get(f"invalid_pixels_{side}"):
+            return pts  # nothing to mask: no copy
+        valid = np.isfinite(np.asarray(pts_i if side == "i" else pts_j)).all(-1)
+        valid &= np.isfinite(np.asarray(conf_i if side == "i" else conf_j))
+        return np.where(valid[..., None], pts, np.nan)
+
     params = init_mst(
-        data.edges, np.where(valid_i[..., None], data.pts_i, np.nan),
-        np.where(valid_j[..., None], data.pts_j, np.nan), conf_i, conf_j,
-        shared_focal=cfg.shared_focal, min_conf_thr=cfg.min_conf_thr,
+        data.edges, masked(data.pts_i, "i"), masked(data.pts_j, "j"),
+        conf_i, conf_j, shared_focal=cfg.shared_focal, min_conf_thr=cfg.min_conf_thr,
     )  # fmt: skip
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 
