@@ -11,8 +11,9 @@ off, as the official timing it is compared with). Each solver runs in its own pr
 its peak RSS is its own; the peak is reset after the scene is generated (its flows and images,
 unused here, are freed), so "peak MB" is the process's resident memory at its highest during
 initialisation + optimisation, the pairwise inputs included. Columns: wall time of the
-optimisation, peak RSS, final energy (evaluated by the same float64 code for all), ATE (RMSE of camera centres after Sim(3)
-alignment, in units of the scene's ground-truth trajectory), depth Abs Rel after median scaling.
+optimisation, peak RSS, final energy (evaluated by the same float64 code for all), ATE (RMSE of
+camera centres after Sim(3) alignment, in units of the scene's ground-truth trajectory), depth
+Abs Rel after median scaling.
 
 For scale: the official optimiser (PyTorch autograd, batchified) took about 75 s for 24 frames at
 96×128 and about 710 s for 48 frames at 144×256 on this project's 2-core machine (flow off).
