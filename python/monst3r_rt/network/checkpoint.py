@@ -355,7 +355,7 @@ def load_model(
     net = _build(cfg, where)
     load_state_dict_into(net, sd, where)
     net.reset_buffers("cpu")
-    net = net.to(device=device, dtype=dtype)
+    net = net.to(device=device, dtype=dtype).channels_last_heads()
     net.eval()
     return net
 
