@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+from _machine import describe
 
 
 def _scene(args: argparse.Namespace):
@@ -147,16 +147,6 @@ def _child(args: argparse.Namespace) -> dict:
     return out
 
 
-def _machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=48)
@@ -186,7 +176,7 @@ def main() -> None:
     e_frames = 10 * args.frames - 50
     print(
         f"global alignment, {args.frames} frames {args.size}, swinstride-5 (E={e_frames}), "
-        f"flow off, device {args.device}; machine: {_machine()}"
+        f"flow off, device {args.device}; machine: {describe()}"
     )
     print(
         f"pairwise inputs: {rows[0]['input_mb']:.0f} MB (process before alignment: "

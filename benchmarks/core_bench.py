@@ -8,11 +8,10 @@ Prints a table of median milliseconds and ratios, with the machine named.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
+from _machine import describe
 
 from monst3r_rt import _core
 from monst3r_rt.geometry import depth_to_points
@@ -34,16 +33,6 @@ def median_ms(fn, repeat: int) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def main() -> None:
@@ -76,7 +65,7 @@ def main() -> None:
         )
     )
     base = rows[0][1]
-    print(f"depth_to_points, {args.frames} frames at {w}x{h}; machine: {machine()}")
+    print(f"depth_to_points, {args.frames} frames at {w}x{h}; machine: {describe()}")
     print(f"{'implementation':<24}{'median ms':>10}{'speed-up':>10}")
     for name, ms in rows:
         print(f"{name:<24}{ms:>10.2f}{base / ms:>9.2f}x")

@@ -19,24 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 
+from _machine import describe
+
 OFFICIAL_S_PER_PAIR = 8.6
-
-
-def _machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _child(mode: str, ckpt: str, w: int, h: int, frames: int, pairs: int) -> dict:
@@ -102,7 +93,7 @@ def main() -> None:
     base = per_pair[0]["pairs"] / per_pair[0]["seconds"] if per_pair else None
     print(
         f"MonST3R ViT-L/512 DPT, fp32, {w}x{h}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; machine: {_machine()}"
+        f"{torch.get_num_threads()} threads; machine: {describe()}"
     )
     print(f"{'mode':<34}{'pairs':>6}{'s/pair':>9}{'pairs/s':>9}{'vs (a)':>8}{'peak MB':>9}")
     names = {

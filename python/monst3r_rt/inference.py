@@ -8,13 +8,13 @@ which gives the same numbers up to float rounding.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._atomic import savez_atomic
 from ._progress import progress as _progress
 
 if TYPE_CHECKING:
@@ -77,17 +77,7 @@ class PairwisePredictions:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an ``.npz`` atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{k: getattr(self, k) for k in _FIELDS})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        savez_atomic(path, {k: getattr(self, k) for k in _FIELDS})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PairwisePredictions:

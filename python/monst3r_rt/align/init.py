@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from .params import BASE_SCALE, FOCAL_BREAK, rotmat_to_quat_xyzw, signed_expm1, signed_log1p
+
 __all__ = [
     "estimate_focal",
     "weighted_procrustes",
@@ -38,57 +40,6 @@ __all__ = [
     "signed_expm1",
     "rotmat_to_quat_xyzw",
 ]
-
-BASE_SCALE = 0.5  # base_scale: the geometric mean of the pairwise scales is pinned to this
-FOCAL_BREAK = 20.0  # focal parameter p = FOCAL_BREAK * log(f)
-
-
-# ------------------------------------------------------------------------------------------------
-# small helpers
-# ------------------------------------------------------------------------------------------------
-def signed_log1p(x: np.ndarray) -> np.ndarray:
-    """``sign(x) * log1p(|x|)``, the inverse of :func:`signed_expm1` (element-wise)."""
-    x = np.asarray(x)
-    return np.sign(x) * np.log1p(np.abs(x))
-
-
-def signed_expm1(x: np.ndarray) -> np.ndarray:
-    """``sign(x) * expm1(|x|)`` (element-wise)."""
-    x = np.asarray(x)
-    return np.sign(x) * np.expm1(np.abs(x))
-
-
-def rotmat_to_quat_xyzw(rot: np.ndarray) -> np.ndarray:
-    """Unit quaternion ``[qx, qy, qz, qw]`` of a 3x3 rotation matrix.
-
-    Uses the same branch selection as ``roma.rotmat_to_unitquat`` (largest of the diagonal entries
-    and the trace), so the quaternion's sign matches the official initialisation.
-
-    Args:
-        rot: (3,3) rotation matrix (column-vector convention, ``x' = R x``).
-
-    Returns:
-        (4,) float64 unit quaternion, XYZW.
-    """
-    m = np.asarray(rot, dtype=np.float64)
-    diag = np.diagonal(m)
-    decision = np.array([diag[0], diag[1], diag[2], diag.sum()])
-    choice = int(np.argmax(decision))
-    q = np.empty(4)
-    if choice != 3:
-        i = choice
-        j = (i + 1) % 3
-        k = (j + 1) % 3
-        q[i] = 1.0 - decision[3] + 2.0 * m[i, i]
-        q[j] = m[j, i] + m[i, j]
-        q[k] = m[k, i] + m[i, k]
-        q[3] = m[k, j] - m[j, k]
-    else:
-        q[0] = m[2, 1] - m[1, 2]
-        q[1] = m[0, 2] - m[2, 0]
-        q[2] = m[1, 0] - m[0, 1]
-        q[3] = 1.0 + decision[3]
-    return q / np.linalg.norm(q)
 
 
 def _pixel_grid(h: int, w: int) -> np.ndarray:

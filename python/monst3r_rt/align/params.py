@@ -75,25 +75,43 @@ def quat_to_rotmat_vjp(q: np.ndarray, grad_r: np.ndarray) -> np.ndarray:
     return (gu - u * np.sum(gu * u, axis=-1, keepdims=True)) / norm
 
 
+def rotmat_to_quat_xyzw(rot: np.ndarray) -> np.ndarray:
+    """Unit quaternion ``[qx, qy, qz, qw]`` of a 3x3 rotation matrix.
+
+    Uses the same branch selection as ``roma.rotmat_to_unitquat`` (largest of the diagonal entries
+    and the trace), so the quaternion's sign matches the official initialisation.
+
+    Args:
+        rot: (3,3) rotation matrix (column-vector convention, ``x' = R x``).
+
+    Returns:
+        (4,) float64 unit quaternion, XYZW.
+    """
+    m = np.asarray(rot, dtype=np.float64)
+    diag = np.diagonal(m)
+    decision = np.array([diag[0], diag[1], diag[2], diag.sum()])
+    choice = int(np.argmax(decision))
+    q = np.empty(4)
+    if choice != 3:
+        i = choice
+        j = (i + 1) % 3
+        k = (j + 1) % 3
+        q[i] = 1.0 - decision[3] + 2.0 * m[i, i]
+        q[j] = m[j, i] + m[i, j]
+        q[k] = m[k, i] + m[i, k]
+        q[3] = m[k, j] - m[j, k]
+    else:
+        q[0] = m[2, 1] - m[1, 2]
+        q[1] = m[0, 2] - m[2, 0]
+        q[2] = m[1, 0] - m[0, 1]
+        q[3] = 1.0 + decision[3]
+    return q / np.linalg.norm(q)
+
+
 def rotmat_to_quat(r: np.ndarray) -> np.ndarray:
-    """(K,3,3) rotations → (K,4) unit XYZW quaternions (w ≥ 0)."""
+    """(K,3,3) rotations → (K,4) unit XYZW quaternions (roma's branch selection)."""
     r = np.asarray(r, dtype=np.float64).reshape(-1, 3, 3)
-    out = np.empty((len(r), 4))
-    for k, m in enumerate(r):
-        t = np.trace(m)
-        if t > 0:
-            s = np.sqrt(t + 1.0) * 2
-            q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
-        else:
-            a = int(np.argmax(np.diag(m)))
-            b, c = (a + 1) % 3, (a + 2) % 3
-            s = np.sqrt(1.0 + m[a, a] - m[b, b] - m[c, c]) * 2
-            q = [0.0, 0.0, 0.0, (m[c, b] - m[b, c]) / s]
-            q[a] = s / 4
-            q[b] = (m[a, b] + m[b, a]) / s
-            q[c] = (m[a, c] + m[c, a]) / s
-        out[k] = q if q[3] >= 0 else [-v for v in q]
-    return out
+    return np.stack([rotmat_to_quat_xyzw(m) for m in r]) if len(r) else np.zeros((0, 4))
 
 
 def pairwise_scale(s: np.ndarray, pin: bool = True) -> np.ndarray:

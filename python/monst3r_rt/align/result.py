@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .._atomic import savez_atomic
 
 _ARRAYS = ("poses", "depths", "focals", "intrinsics", "pts3d", "conf", "energy")
 
@@ -52,15 +53,7 @@ class AlignResult:
             arrays["dynamic_masks"] = np.asarray(self.dynamic_masks, dtype=bool)
         meta = {"timings": self.timings, "diagnostics": self.diagnostics}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        savez_atomic(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AlignResult:
