@@ -133,8 +133,8 @@ def _child(args: argparse.Namespace) -> dict:
     elif solver == "lm":
         from monst3r_rt.align.lm import solve_lm
 
-        final, hist = solve_lm(data, init, niter=30)
-        iters = len(hist)
+        final, hist = solve_lm(data, init, niter=cfg.lm_iters, ftol=cfg.lm_ftol)
+        iters = len(hist) - 1  # hist[0] is the initial energy
     else:
         raise SystemExit(f"unknown solver {solver}")
     seconds = time.perf_counter() - t0

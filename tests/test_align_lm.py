@@ -190,3 +190,18 @@ def test_cross_edge_coupling_exact_at_zero_residual():
     s_ref = hfull[:nvar, :nvar] - (hxd / hdd) @ hxd.T
     s_ours = reduced_system(data, params, ws=0.0).matrix.toarray()
     np.testing.assert_allclose(s_ours, s_ref, atol=1e-5 * np.abs(s_ref).max())
+
+
+def test_global_align_lm_stops_on_ftol_below_adam():
+    """Through global_align: LM's relative-decrease stop (lm_ftol) comes after Adam's energy."""
+    sc = make_scene(n_frames=10, size=(32, 48), n_objects=1, depth_noise=0.03, pose_noise=0.02,
+                    seed=21)  # fmt: skip
+    args = (sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j)
+    adam_res = driver.global_align(*args, config=AlignConfig(niter=300))
+    lm_res = driver.global_align(*args, config=AlignConfig(solver="lm", lm_ftol=1e-3))
+    hist = lm_res.energy
+    assert len(hist) - 1 < 30  # stopped early
+    assert hist[-2] - hist[-1] < 1e-3 * hist[-2]  # ... because of the tolerance
+    assert hist[-1] <= adam_res.energy[-1] * (1 + 1e-3)
+    with pytest.raises(ValueError, match="solver='lm' supports"):
+        driver.global_align(*args, flows=(sc.flow_ij, sc.flow_ji), config=AlignConfig(solver="lm"))

@@ -265,7 +265,7 @@ def _optimize(
         from .lm import solve_lm
 
         return solve_lm(
-            data, params, niter=cfg.niter if cfg.niter <= 100 else 30,
+            data, params, niter=cfg.lm_iters, ftol=cfg.lm_ftol,
             temporal_smoothing_weight=cfg.temporal_smoothing_weight,
             translation_weight=cfg.translation_weight,
         )  # fmt: skip

@@ -321,6 +321,7 @@ def solve_lm(
     lam0: float = 1e-4,
     max_tries: int = 8,
     overrelax: float = 2.0,
+    ftol: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """Minimise the alignment + smoothness energy by Levenberg–Marquardt.
 
@@ -333,11 +334,14 @@ def solve_lm(
         lam0: initial Marquardt damping (relative to the reduced system's diagonal).
         max_tries: damping increases per iteration before giving up.
         overrelax: after an accepted step δ, ``overrelax·δ`` is tried too (1 = off).
+        ftol: stop once an iteration lowers the energy by less than ``ftol`` relative
+            (0 = run all ``niter`` iterations).
 
     Returns:
         Final parameters (official parameterisation, dtype of ``data``) and the energies
         ``[E_0, E_1, ..., E_k]`` from :func:`objective.evaluate` (initial, then after each
-        iteration; non-increasing). Stops early when no damping improves the energy.
+        iteration; non-increasing). Stops early when no damping improves the energy, or
+        on ``ftol``.
     """
     dtype = data.pts_i.dtype
     n, e_count = data.n_frames, len(data.edges)
@@ -404,4 +408,6 @@ def solve_lm(
         history.append(energy)
         if callback is not None:
             callback(it, energy)
+        if history[-2] - energy < ftol * abs(history[-2]):
+            break
     return cur, history
