@@ -164,3 +164,12 @@ def test_cli_doctor_table_is_truthful():
     table = _cli("doctor").stdout
     for name in rows:
         assert name in table
+
+
+def test_public_api_names_resolve():
+    """Every name in monst3r_rt.__all__ imports (the lazy table has no stale entry)."""
+    pytest.importorskip("torch")
+    for name in monst3r_rt.__all__:
+        assert getattr(monst3r_rt, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        monst3r_rt.nope  # noqa: B018

@@ -13,6 +13,75 @@
 #endif
 
 namespace monst3r {
+namespace {
+
+// One (edge, side) over one pixel chunk: the hot loops, branch-free so that `omp simd`
+// vectorises them. On x86-64 GCC also emits an AVX2/FMA clone chosen at load time (the
+// wheel itself stays baseline x86-64).
+template <typename T>
+struct AlignChunk {
+  const T *xs, *ys, *depth;
+  T f, cx, cy;
+  const T *R, *Tv, *Re, *te;
+  T sigma;
+  const T *pts, *wts;
+  int64_t len;
+  T *gl, *fl, *el, *energy;
+};
+
+template <typename T>
+struct FlowChunk {
+  const T *xs, *ys, *depth;
+  T f, cx, cy, ft, cxt, cyt;
+  const T *Rrel, *trel, *mx, *my, *mask;
+  T thr;
+  int64_t len;
+  T *gl, *fa, *count, *sum;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void align_chunk_body(const AlignChunk<T>& c) {
+  T fl[kFrameGrad] = {0}, el[kEdgeGrad] = {0}, en = T(0);
+#pragma omp simd reduction(+ : fl[:kFrameGrad], el[:kEdgeGrad], en)
+  for (int64_t k = 0; k < c.len; ++k) {
+    T g[3], cp[3], rc[3], rp[3];
+    en += align_residual(c.xs[k], c.ys[k], c.depth[k], c.f, c.cx, c.cy, c.R, c.Tv, c.Re, c.te,
+                         c.sigma, c.pts + 3 * k, c.wts[k], g, cp, rc, rp);
+    c.gl[k] += align_accumulate(g, cp, rc, rp, c.R, c.pts + 3 * k, c.sigma, c.f, fl, el);
+  }
+  for (int k = 0; k < kFrameGrad; ++k) c.fl[k] += fl[k];
+  for (int k = 0; k < kEdgeGrad; ++k) c.el[k] += el[k];
+  *c.energy += en;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void flow_chunk_body(const FlowChunk<T>& c) {
+  T fa[kFlowGrad] = {0}, count = T(0), sum = T(0);
+#pragma omp simd reduction(+ : fa[:kFlowGrad], count, sum)
+  for (int64_t k = 0; k < c.len; ++k) {
+    T g_logd, kept = T(0);
+    sum += flow_residual(c.xs[k], c.ys[k], c.depth[k], c.f, c.cx, c.cy, c.ft, c.cxt, c.cyt,
+                         c.Rrel, c.trel, c.mx[k], c.my[k], c.mask[k], c.thr, &kept, fa, &g_logd);
+    count += kept;
+    c.gl[k] += g_logd;
+  }
+  for (int k = 0; k < kFlowGrad; ++k) c.fa[k] += fa[k];
+  *c.count += count;
+  *c.sum += sum;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MONST3R_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MONST3R_CLONES
+#endif
+
+MONST3R_CLONES void align_chunk(const AlignChunk<float>& c) { align_chunk_body(c); }
+MONST3R_CLONES void align_chunk(const AlignChunk<double>& c) { align_chunk_body(c); }
+MONST3R_CLONES void flow_chunk(const FlowChunk<float>& c) { flow_chunk_body(c); }
+MONST3R_CLONES void flow_chunk(const FlowChunk<double>& c) { flow_chunk_body(c); }
+
+}  // namespace
 
 template <typename T>
 void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
@@ -63,23 +132,13 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
         const T sigma = pb.edge_scale[e];
         const T* pts = pb.pts[side] + e * hw * 3;
         const T* wts = pb.weight[side] + e * hw;
-        // register-resident sums for this (edge, side) and chunk, added once at the end;
-        // branch-free so that the loop vectorises (w = 0 contributes exactly 0)
+        // register-resident sums for this (edge, side) and chunk, added once at the end
         T fl[kFrameGrad] = {0}, el[kEdgeGrad] = {0}, en = T(0);
-        T* glc = gl.data();
-        const T* xs_ = xs.data();
-        const T* ys_ = ys.data();
-        const T* dep = depth.data();
         const int64_t len = p1 - p0;
-        const T* pts_c = pts + 3 * p0;
-        const T* wts_c = wts + p0;
-#pragma omp simd reduction(+ : fl[:kFrameGrad], el[:kEdgeGrad], en)
-        for (int64_t k = 0; k < len; ++k) {
-          T g[3], c[3], rc[3], rp[3];
-          en += align_residual(xs_[k], ys_[k], dep[k], f, cx, cy, R, Tv, Re, te, sigma,
-                               pts_c + 3 * k, wts_c[k], g, c, rc, rp);
-          glc[k] += align_accumulate(g, c, rc, rp, R, pts_c + 3 * k, sigma, f, fl, el);
-        }
+        AlignChunk<T> ck{xs.data(), ys.data(), depth.data(), f,  cx, cy, R,  Tv,
+                         Re,        te,        sigma,        pts + 3 * p0, wts + p0, len,
+                         gl.data(), fl,        el,           &en};
+        align_chunk(ck);
         energy += en;
         for (int k = 0; k < kFrameGrad; ++k) facc[k] += fl[k];
         double* eacc = edge_acc.data() + e * kEdgeGrad;
@@ -92,18 +151,11 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
         const T* meas = pb.flow[side] + e * 2 * hw;
         const T* mask = pb.static_mask + v * hw;
         T fa[kFlowGrad] = {0}, count = T(0), sum = T(0);
-        T* glf_side = glf.data() + side * kChunk;
-        const T* mx = meas + p0;
-        const T* my = meas + hw + p0;
-        const T* mk = mask + p0;
-#pragma omp simd reduction(+ : fa[:kFlowGrad], count, sum)
-        for (int64_t k = 0; k < len; ++k) {
-          T g_logd, kept = T(0);
-          sum += flow_residual(xs_[k], ys_[k], dep[k], f, cx, cy, ft, cxt, cyt, Rrel, trel, mx[k],
-                               my[k], mk[k], pb.pixel_thr, &kept, fa, &g_logd);
-          count += kept;
-          glf_side[k] += g_logd;
-        }
+        FlowChunk<T> fc{xs.data(), ys.data(), depth.data(), f,     cx,
+                        cy,        ft,        cxt,          cyt,   Rrel,
+                        trel,      meas + p0, meas + hw + p0, mask + p0, pb.pixel_thr,
+                        len,       glf.data() + side * kChunk, fa, &count, &sum};
+        flow_chunk(fc);
         double* facc_flow = flow_acc.data() + (2 * e + side) * kFlowGrad;
         for (int k = 0; k < kFlowGrad; ++k) facc_flow[k] += fa[k];
         flow_stats[2 * side] += static_cast<double>(sum);

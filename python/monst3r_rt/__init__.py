@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "PointmapNet": "network",
     "load_model": "network",
     "save_checkpoint": "network",
+    "CheckpointError": "network",
     "infer_pairs": "inference",
     "PairwisePredictions": "inference",
     "global_align": "align",
