@@ -9,30 +9,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_models import TINY_DPT  # noqa: E402
+
 from monst3r_rt.inference import PairwisePredictions, infer_pairs  # noqa: E402
 from monst3r_rt.network import PointmapNet  # noqa: E402
 from monst3r_rt.pairs import make_pairs  # noqa: E402
-
-TINY = dict(
-    pos_embed="RoPE100",
-    img_size=(64, 64),
-    head_type="dpt",
-    output_mode="pts3d",
-    depth_mode=("exp", -math.inf, math.inf),
-    conf_mode=("exp", 1, math.inf),
-    enc_embed_dim=32,
-    enc_depth=2,
-    enc_num_heads=2,
-    dec_embed_dim=32,
-    dec_depth=10,  # the DPT head hooks decoder layers 6, 9 and the last (official: > 9)
-    dec_num_heads=2,
-)
 
 
 @pytest.fixture(scope="module")
 def net() -> PointmapNet:
     torch.manual_seed(0)
-    model = PointmapNet(**TINY).eval()
+    model = PointmapNet(**TINY_DPT).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial weights, scaled so that outputs stay O(1)
         for name, p in model.named_parameters():

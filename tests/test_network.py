@@ -9,25 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_models import TINY_DPT, TINY_LINEAR  # noqa: E402
+
 from monst3r_rt.network import MONST3R_KWARGS, PointmapNet  # noqa: E402
 from monst3r_rt.network.blocks import RoPE2D, apply_rope  # noqa: E402
 from monst3r_rt.network.heads import postprocess  # noqa: E402
-
-TINY_DPT = dict(
-    pos_embed="RoPE100",
-    img_size=(64, 64),
-    head_type="dpt",
-    output_mode="pts3d",
-    depth_mode=("exp", -math.inf, math.inf),
-    conf_mode=("exp", 1, math.inf),
-    enc_embed_dim=32,
-    enc_depth=2,
-    enc_num_heads=2,
-    dec_embed_dim=32,
-    dec_depth=10,
-    dec_num_heads=2,
-)
-TINY_LINEAR = dict(TINY_DPT, head_type="linear", dec_depth=2, img_size=(32, 48))
 
 
 def _randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
