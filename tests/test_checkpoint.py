@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from tiny_models import TINY_DPT as _TINY_DPT  # noqa: E402
+
 from monst3r_rt.network import (  # noqa: E402
     CheckpointError,
     PointmapNet,
@@ -23,22 +25,7 @@ from monst3r_rt.network import (  # noqa: E402
     save_checkpoint,
 )
 
-TINY_DPT = dict(
-    pos_embed="RoPE100",
-    patch_embed_cls="PatchEmbedDust3R",
-    img_size=(64, 64),
-    head_type="dpt",
-    output_mode="pts3d",
-    depth_mode=("exp", -math.inf, math.inf),
-    conf_mode=("exp", 1, math.inf),
-    enc_embed_dim=32,
-    enc_depth=2,
-    enc_num_heads=2,
-    dec_embed_dim=32,
-    dec_depth=10,
-    dec_num_heads=2,
-    landscape_only=False,
-)
+TINY_DPT = dict(_TINY_DPT, patch_embed_cls="PatchEmbedDust3R", landscape_only=False)
 TINY_LINEAR = dict(TINY_DPT, head_type="linear", dec_depth=2, img_size=(32, 48))
 
 TINY_LINEAR_STR = (

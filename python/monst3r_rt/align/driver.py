@@ -9,26 +9,9 @@ import numpy as np
 
 from . import params as P
 from .config import AlignConfig
+from .init import connected_components
 from .objective import AlignData, FlowData, evaluate
 from .result import AlignResult
-
-
-def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
-    """Connected components of the undirected graph on frames 0..n−1 (sorted lists)."""
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i, j in edges:
-        parent[find(int(i))] = find(int(j))
-    groups: dict[int, list[int]] = {}
-    for v in range(n):
-        groups.setdefault(find(v), []).append(v)
-    return sorted(groups.values())
 
 
 def _describe(components: list[list[int]]) -> str:

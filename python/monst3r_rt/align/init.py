@@ -193,7 +193,7 @@ def weighted_procrustes(
     return s, rot, t
 
 
-def _components(n: int, edges: np.ndarray) -> list[list[int]]:
+def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
     """Connected components (sorted lists of nodes, sorted by smallest node) of an undirected
     graph on ``n`` nodes."""
     parent = list(range(n))
@@ -249,7 +249,7 @@ def max_spanning_tree(n: int, edges: np.ndarray, scores: np.ndarray) -> list[int
         raise ValueError(
             f"max_spanning_tree: edge nodes must lie in [0, {n}), got {edges.tolist()}"
         )
-    comps = _components(n, edges)
+    comps = connected_components(n, edges)
     if len(comps) > 1:
         raise ValueError(
             f"the pair graph is disconnected: {len(comps)} connected components {comps}; "
@@ -437,7 +437,7 @@ def init_mst(
         ValueError: on malformed inputs or a disconnected pair graph (components are listed).
     """
     edges, n, h, w = _validate(edges, pts_i, pts_j, conf_i, conf_j)
-    comps = _components(n, edges)
+    comps = connected_components(n, edges)
     if len(comps) > 1:
         raise ValueError(
             f"init_mst: the pair graph is disconnected: {len(comps)} connected components {comps}"
