@@ -27,6 +27,10 @@ _LAZY: dict[str, str] = {
     "global_align": "align",
     "AlignConfig": "align",
     "AlignResult": "align",
+    # motion: flow → ego-flow → dynamic masks
+    "compute_flow": "flow",
+    "ego_flow": "egoflow",
+    "dynamic_masks": "masks",
     # kernels
     "depth_to_points": "geometry",
 }

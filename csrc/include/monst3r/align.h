@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "monst3r/common.h"
+#include "monst3r/egoflow.h"
 
 namespace monst3r {
 
@@ -71,10 +72,9 @@ MONST3R_HD T align_accumulate(const T* g, const T* c, const T* rc, const T* rp, 
 // Per (edge, direction) gradient block of the flow term: dR_rel (9), dt_rel (3), df_src, df_tgt.
 constexpr int kFlowGrad = 14;
 
-// Flow term of one pixel with depth d = exp(log_depth) (official DepthBasedWarping + smooth-L1, spec §4.5). The source view
-// s holds the pixel; the target view t is the other view of the edge:
-//   p = K_s⁻¹ (x, y, 1),  a = R_rel p + t_rel / (D + 1e-6),  q = K_t a,
-//   ego = (q_x, q_y) / (q_z + 1e-6) − (x, y),  d_c = (ego_c − meas_c)·m  (m = static mask),
+// Flow term of one pixel with depth d = exp(log_depth) (official DepthBasedWarping + smooth-L1,
+// spec §4.5). The source view s holds the pixel; the target view t is the other view of the edge:
+//   ego = ego_flow_pixel(...) (monst3r/egoflow.h),  d_c = (ego_c − meas_c)·m  (m = static mask),
 //   loss_c = 0.5 d² if |d| < 1 else |d| − 0.5, kept when loss_c < thr.
 // Returns the kept loss; adds the kept static entries to *count; accumulates the gradient of the kept
 // loss into acc (kFlowGrad) and returns d/dlog_depth through *g_logd.
@@ -82,14 +82,9 @@ template <typename T, typename A>
 MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
                            const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
                            T* count, A* acc, T* g_logd) {
-  const T p[3] = {(x - cxs) / fs, (y - cys) / fs, T(1)};
+  T p[3], a[3], q[3], ego[2];
+  const T zinv = ego_flow_pixel(x, y, d, fs, cxs, cys, ft, cxt, cyt, Rrel, trel, p, a, q, ego);
   const T s = T(1) / (d + T(1e-6));
-  T a[3];
-  for (int k = 0; k < 3; ++k)
-    a[k] = Rrel[3 * k] * p[0] + Rrel[3 * k + 1] * p[1] + Rrel[3 * k + 2] * p[2] + s * trel[k];
-  const T q[3] = {ft * a[0] + cxt * a[2], ft * a[1] + cyt * a[2], a[2]};
-  const T zinv = T(1) / (q[2] + T(1e-6));
-  const T ego[2] = {q[0] * zinv - x, q[1] * zinv - y};
   const T meas[2] = {meas_x, meas_y};
   T loss = T(0), g[2];
   for (int c = 0; c < 2; ++c) {  // branch-free (selects only) so that CPU loops vectorise

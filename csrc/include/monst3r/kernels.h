@@ -20,6 +20,26 @@ void depth_to_points_cpu(const float* depth, const float* focal, const float* pp
 template <typename T>
 void align_energy_grad_cpu(const AlignProblem<T>& problem, const AlignGrad<T>& out);
 
+// Ego-motion flow of M maps (monst3r/egoflow.h). Map m: depth (H,W) of the source view, focal and
+// principal point of the source and target views, relative pose R_rel (9, row-major) and t_rel
+// (3) mapping source camera to target camera. Outputs (each optional, null to skip):
+// flow (M,2,H,W) ego-flow (x, y) in pixels; error (M,H,W) ‖ego − measured‖₂ where measured is
+// (M,2,H,W) (required for error).
+struct EgoFlowProblem {
+  int64_t maps, height, width;
+  const float* depth;      // (M,H,W)
+  const float* focal_src;  // (M,)
+  const float* pp_src;     // (M,2)
+  const float* focal_tgt;  // (M,)
+  const float* pp_tgt;     // (M,2)
+  const float* rot;        // (M,9)
+  const float* trans;      // (M,3)
+  const float* measured;   // (M,2,H,W) or null
+  float* flow;             // (M,2,H,W) or null
+  float* error;            // (M,H,W) or null
+};
+void ego_flow_cpu(const EgoFlowProblem& pb);
+
 // Number of OpenMP threads the CPU kernels use (1 when built without OpenMP).
 int cpu_num_threads();
 void set_cpu_num_threads(int n);
@@ -34,6 +54,9 @@ std::string depth_to_points_cuda(const float* depth, const float* focal, const f
 template <typename T>
 std::string align_energy_grad_cuda(const AlignProblem<T>& problem, const AlignGrad<T>& out,
                                    void* stream);
+
+// CUDA twin of ego_flow_cpu: every pointer is device memory.
+std::string ego_flow_cuda(const EgoFlowProblem& pb, void* stream);
 
 // Usable CUDA devices (0 when no driver / no GPU); `reason` says why when 0.
 int cuda_device_count(std::string* reason);

@@ -1,0 +1,104 @@
+// pybind11 bindings of the motion kernels (ego-motion flow and its error against measured flow).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "monst3r/kernels.h"
+
+namespace py = pybind11;
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+const float* f32(const F32& a, const char* name, const std::vector<int64_t>& shape,
+                 const char* text) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+  if (!ok) {
+    std::ostringstream got;
+    got << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) got << (i ? "," : "") << a.shape(i);
+    got << ")";
+    throw py::value_error(std::string(name) + " must have shape " + text + ", got " + got.str());
+  }
+  return a.data();
+}
+
+py::tuple ego_flow(const F32& depth, const F32& focal_src, const F32& pp_src,
+                   const F32& focal_tgt, const F32& pp_tgt, const F32& rot, const F32& trans,
+                   const py::object& measured, bool return_flow) {
+  if (depth.ndim() != 3) throw py::value_error("depth must have shape (M,H,W)");
+  const int64_t m = depth.shape(0), h = depth.shape(1), w = depth.shape(2);
+  monst3r::EgoFlowProblem pb{};
+  pb.maps = m;
+  pb.height = h;
+  pb.width = w;
+  pb.depth = depth.data();
+  pb.focal_src = f32(focal_src, "focal_src", {m}, "(M,)");
+  pb.pp_src = f32(pp_src, "pp_src", {m, 2}, "(M,2)");
+  pb.focal_tgt = f32(focal_tgt, "focal_tgt", {m}, "(M,)");
+  pb.pp_tgt = f32(pp_tgt, "pp_tgt", {m, 2}, "(M,2)");
+  pb.rot = f32(rot, "rot", {m, 3, 3}, "(M,3,3)");
+  pb.trans = f32(trans, "trans", {m, 3}, "(M,3)");
+  F32 meas;  // keeps the converted array alive during the call
+  py::array_t<float> flow(return_flow ? std::vector<int64_t>{m, 2, h, w} : std::vector<int64_t>{0});
+  py::array_t<float> error(measured.is_none() ? std::vector<int64_t>{0}
+                                              : std::vector<int64_t>{m, h, w});
+  if (!measured.is_none()) {
+    meas = measured.cast<F32>();
+    pb.measured = f32(meas, "measured", {m, 2, h, w}, "(M,2,H,W) like depth");
+    pb.error = error.mutable_data();
+  }
+  if (return_flow) pb.flow = flow.mutable_data();
+  {
+    py::gil_scoped_release release;
+    monst3r::ego_flow_cpu(pb);
+  }
+  return py::make_tuple(return_flow ? py::object(flow) : py::object(py::none()),
+                        measured.is_none() ? py::object(py::none()) : py::object(error));
+}
+
+void ego_flow_cuda(const std::vector<std::uintptr_t>& ptr, int64_t m, int64_t h, int64_t w,
+                   std::uintptr_t stream) {
+#ifdef MONST3R_RT_WITH_CUDA
+  if (ptr.size() != 10) throw py::value_error("ego_flow_cuda takes 10 device pointers");
+  if (m < 0 || h < 0 || w < 0) throw py::value_error("M, H, W must be non-negative");
+  auto in = [&](int k) { return reinterpret_cast<const float*>(ptr[k]); };
+  monst3r::EgoFlowProblem pb{m,     h,     w,     in(0),
+                             in(1), in(2), in(3), in(4),
+                             in(5), in(6), in(7), reinterpret_cast<float*>(ptr[8]),
+                             reinterpret_cast<float*>(ptr[9])};
+  if (pb.error && !pb.measured) throw py::value_error("error output needs the measured flow");
+  std::string err;
+  {
+    py::gil_scoped_release release;
+    err = monst3r::ego_flow_cuda(pb, reinterpret_cast<void*>(stream));
+  }
+  if (!err.empty()) throw std::runtime_error("ego_flow_cuda: " + err);
+#else
+  (void)ptr, (void)m, (void)h, (void)w, (void)stream;
+  throw std::runtime_error("monst3r_rt._core was built without CUDA kernels (" MONST3R_RT_CUDA_REASON
+                           "); rebuild with a CUDA compiler and MONST3R_RT_CUDA=ON");
+#endif
+}
+
+}  // namespace
+
+void register_motion(py::module_& m) {
+  m.def("ego_flow", &ego_flow, py::arg("depth"), py::arg("focal_src"), py::arg("pp_src"),
+        py::arg("focal_tgt"), py::arg("pp_tgt"), py::arg("rot"), py::arg("trans"),
+        py::arg("measured") = py::none(), py::arg("return_flow") = true,
+        "CPU ego-motion flow of M maps: depth (M,H,W) z-depth of the source view, focals (M,) and "
+        "principal points (M,2) in pixels of source and target views, rot (M,3,3) and trans "
+        "(M,3) mapping the source camera to the target camera. Returns (flow (M,2,H,W) or None, "
+        "error (M,H,W) = ‖flow − measured‖ or None when measured is None).");
+  m.def("ego_flow_cuda", &ego_flow_cuda, py::arg("pointers"), py::arg("m"), py::arg("h"),
+        py::arg("w"), py::arg("stream") = 0,
+        "CUDA twin of ego_flow: 10 device pointers (float32, contiguous) in the order depth, "
+        "focal_src, pp_src, focal_tgt, pp_tgt, rot, trans, measured, flow, error (0 = absent).");
+}
