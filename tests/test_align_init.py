@@ -136,6 +136,41 @@ def test_estimate_focal_exact_pinhole() -> None:
     assert abs(estimate_focal(bad) - f) < 1e-2 * f
 
 
+def estimate_focal_reference(pts, pp, iters=10, weights=None):
+    """The official Weiszfeld IRLS in float64 NumPy (with masked points left out)."""
+    h, w, _ = pts.shape
+    ys, xs = np.mgrid[:h, :w]
+    pixels = np.stack([xs, ys], -1).reshape(-1, 2) - np.asarray(pp, np.float64)
+    p = pts.reshape(-1, 3).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xy = np.nan_to_num(p[:, :2] / p[:, 2:3], nan=0.0, posinf=0.0, neginf=0.0)
+    bw = np.ones(len(p)) if weights is None else weights.reshape(-1).astype(np.float64)
+    bw = np.where(np.isfinite(p).all(-1), bw, 0.0)
+    dxp, dxx = (xy * pixels).sum(-1), (xy * xy).sum(-1)
+    focal = (bw * dxp).sum() / (bw * dxx).sum()
+    for _ in range(iters):
+        wgt = bw / np.maximum(np.linalg.norm(pixels - focal * xy, axis=-1), 1e-8)
+        focal = (wgt * dxp).sum() / (wgt * dxx).sum()
+    return focal
+
+
+def test_estimate_focal_kernel_matches_numpy_reference() -> None:
+    rng = np.random.default_rng(5)
+    h, w = 30, 41
+    pts = rng.normal(size=(h, w, 3)).astype(np.float32)
+    pts[..., 2] = rng.uniform(0.5, 4, (h, w))
+    pts[2, 3] = np.nan  # masked prediction: left out
+    pts[4, 5, 2] = 0.0  # x/z = inf: counts as 0, officially
+    weights = rng.uniform(0, 2, (h, w)).astype(np.float32)
+    for pp, wgt in (((w / 2, h / 2), None), ((17.3, 11.9), weights)):
+        want = estimate_focal_reference(pts, pp, weights=wgt)
+        assert estimate_focal(pts, pp, weights=wgt) == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="no finite point"):
+        estimate_focal(np.full((4, 4, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="weights must have shape"):
+        estimate_focal(pts, weights=weights[:3])
+
+
 def mst_weight_brute_force(n: int, edges: np.ndarray, scores: np.ndarray) -> float:
     best = -np.inf
     for subset in itertools.combinations(range(len(edges)), n - 1):

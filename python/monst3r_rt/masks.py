@@ -17,12 +17,15 @@ ego-flow, :mod:`monst3r_rt.egoflow`); where the measured flow disagrees, somethi
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
+from ._progress import progress as _progress
 from .align.init import estimate_focal, fast_pnp, weighted_procrustes
 from .egoflow import ego_flow_error, relative_pose
 from .flow import forward_backward_error
@@ -133,6 +136,8 @@ def dynamic_masks(
     num_frames: int | None = None,
     fb_threshold: float = 3.0,
     return_score: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-frame moving-object masks.
 
@@ -146,6 +151,8 @@ def dynamic_masks(
         fb_threshold: ``robust`` only: forward-backward error (pixels) above which a flow
             vector does not vote.
         return_score: also return the (N,H,W) float32 score that was thresholded.
+        workers: threads for the per-pair reconstructions (default: CPU count, at most 8).
+        progress: show a progress bar.
 
     Returns:
         (N,H,W) bool, True = moving. Frames in no pair are all False.
@@ -179,23 +186,21 @@ def dynamic_masks(
     focal_tgt = np.empty(2 * p, np.float32)
     rot = np.empty((2 * p, 3, 3), np.float32)
     trans = np.empty((2 * p, 3), np.float32)
-    for q, (kq, mq) in enumerate(pairs.tolist()):
-        tv = two_view(preds, kq, mq, method)
+
+    def reconstruct(q: int) -> None:  # one mirrored pair: both directions
+        tv = two_view(preds, int(pairs[q, 0]), int(pairs[q, 1]), method)
         for d, (src, tgt) in enumerate(((0, 1), (1, 0))):
             x = 2 * q + d
             r, t = relative_pose(tv.poses[src], tv.poses[tgt])
             if method == "robust":
-                r, t = _flow_pose(
-                    tv.depths[src],
-                    tv.focals[src],
-                    tv.focals[tgt],
-                    measured[x],
-                    valid[x] & (conf[x] > 1.0),
-                    r,
-                    t,
-                )
+                r, t = _flow_pose(tv.depths[src], tv.focals[src], tv.focals[tgt], measured[x],
+                                  valid[x] & (conf[x] > 1.0), r, t)  # fmt: skip
             depth[x], rot[x], trans[x] = tv.depths[src], r, t
             focal_src[x], focal_tgt[x] = tv.focals[src], tv.focals[tgt]
+
+    # OpenCV, the C++ focal kernel and large NumPy ops release the GIL: pairs run in threads
+    with ThreadPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
+        list(_progress(pool.map(reconstruct, range(p)), p, "two-view", progress))
     err = ego_flow_error(np.nan_to_num(depth, nan=0.0), focal_src, focal_tgt, rot, trans, measured)
     frames = edges[k].reshape(-1)  # frame of each map: a, b, a, b, ...
 
@@ -207,8 +212,9 @@ def dynamic_masks(
         weights = np.where(valid, np.log(np.maximum(conf, 1.0 + 1e-6)), 0.0).astype(np.float32)
     score = np.zeros((n, h, w), np.float32)
     total = np.zeros((n, h, w), np.float32)
-    np.add.at(score, frames, score_maps * weights)
-    np.add.at(total, frames, weights)
+    for x, f in enumerate(frames.tolist()):
+        score[f] += score_maps[x] * weights[x]
+        total[f] += weights[x]
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(total > 0, score / total, 0.0).astype(np.float32)
     masks = score > threshold

@@ -23,11 +23,13 @@ the *last* prediction and is scored once), the same semantics are kept here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
+from .. import _core
 from .params import BASE_SCALE, FOCAL_BREAK, rotmat_to_quat_xyzw, signed_expm1, signed_log1p
 
 __all__ = [
@@ -42,10 +44,13 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=8)
 def _pixel_grid(h: int, w: int) -> np.ndarray:
-    """(H,W,2) float32 pixel coordinates ``(x, y)`` (column, row)."""
+    """(H,W,2) float32 pixel coordinates ``(x, y)`` (column, row); cached, read-only."""
     ys, xs = np.mgrid[:h, :w]
-    return np.stack([xs, ys], axis=-1).astype(np.float32)
+    grid = np.stack([xs, ys], axis=-1).astype(np.float32)
+    grid.flags.writeable = False
+    return grid
 
 
 def _apply(trf: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -84,7 +89,7 @@ def estimate_focal(
     iteratively re-weighted least squares: the closed-form L2 solution, then ``iters`` re-weightings
     by ``1 / max(residual, 1e-8)``. Non-finite ``x/z`` or ``y/z`` are replaced by 0 as officially;
     pixels whose point has a non-finite coordinate (masked predictions) are left out (an
-    extension).
+    extension). Runs in the C++ core (``_core.estimate_focal``, float64 accumulation).
 
     Args:
         pts: (H,W,3) points in the camera frame (any unit).
@@ -100,27 +105,16 @@ def estimate_focal(
     if pts.ndim != 3 or pts.shape[-1] != 3:
         raise ValueError(f"estimate_focal: pts must have shape (H,W,3), got {pts.shape}")
     h, w, _ = pts.shape
-    if pp is None:
-        pp = (w / 2, h / 2)
-    pixels = _pixel_grid(h, w).reshape(-1, 2).astype(np.float64) - np.asarray(pp, np.float64)
-    p = pts.reshape(-1, 3).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = p[:, :2] / p[:, 2:3]
-    xy = np.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
-    dot_xy_px = (xy * pixels).sum(-1)
-    dot_xy_xy = (xy * xy).sum(-1)
-    base_w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
-    if base_w.shape != (len(p),):
-        raise ValueError(f"estimate_focal: weights must have shape {(h, w)}, got {weights.shape}")
-    # extension: pixels whose point is not finite (masked predictions) are left out
-    base_w = np.where(np.isfinite(p).all(-1) & np.isfinite(base_w), base_w, 0.0)
-    if not base_w.any():
+    if weights is not None:
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != (h, w):
+            raise ValueError(
+                f"estimate_focal: weights must have shape {(h, w)}, got {weights.shape}"
+            )
+    cx, cy = (w / 2, h / 2) if pp is None else (float(pp[0]), float(pp[1]))
+    focal = _core.estimate_focal(np.ascontiguousarray(pts, np.float32), weights, cx, cy, iters)
+    if not np.isfinite(focal):
         raise ValueError("estimate_focal: no finite point with a positive weight")
-    focal = np.mean(base_w * dot_xy_px) / np.mean(base_w * dot_xy_xy)
-    for _ in range(iters):
-        dis = np.linalg.norm(pixels - focal * xy, axis=-1)
-        wgt = base_w / np.maximum(dis, 1e-8)
-        focal = np.mean(wgt * dot_xy_px) / np.mean(wgt * dot_xy_xy)
     return float(focal)
 
 
