@@ -89,7 +89,7 @@ void ego_flow_cuda(const std::vector<std::uintptr_t>& ptr, int64_t m, int64_t h,
 }
 
 double estimate_focal(const F32& pts, const py::object& weights, double cx, double cy,
-                      int iters) {
+                      int iters, int threads) {
   if (pts.ndim() != 3 || pts.shape(2) != 3) throw py::value_error("pts must have shape (H,W,3)");
   const int64_t h = pts.shape(0), w = pts.shape(1);
   F32 wgt;
@@ -100,7 +100,7 @@ double estimate_focal(const F32& pts, const py::object& weights, double cx, doub
   }
   const float* p = pts.data();
   py::gil_scoped_release release;
-  return monst3r::estimate_focal_cpu(p, wp, h, w, cx, cy, iters);
+  return monst3r::estimate_focal_cpu(p, wp, h, w, cx, cy, iters, threads);
 }
 
 }  // namespace
@@ -114,10 +114,10 @@ void register_motion(py::module_& m) {
         "(M,3) mapping the source camera to the target camera. Returns (flow (M,2,H,W) or None, "
         "error (M,H,W) = ‖flow − measured‖ or None when measured is None).");
   m.def("estimate_focal", &estimate_focal, py::arg("pts"), py::arg("weights"), py::arg("cx"),
-        py::arg("cy"), py::arg("iters") = 10,
+        py::arg("cy"), py::arg("iters") = 10, py::arg("threads") = 0,
         "Weiszfeld focal (pixels) of a camera-frame pointmap (H,W,3) f32 with optional weights "
         "(H,W): L2 solution, then iters IRLS steps; NaN when no finite point has a positive "
-        "weight. float64 accumulation, GIL released.");
+        "weight. float64 accumulation, GIL released; threads = OpenMP threads (0: default).");
   m.def("ego_flow_cuda", &ego_flow_cuda, py::arg("pointers"), py::arg("m"), py::arg("h"),
         py::arg("w"), py::arg("stream") = 0,
         "CUDA twin of ego_flow: 10 device pointers (float32, contiguous) in the order depth, "

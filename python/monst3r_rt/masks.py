@@ -79,7 +79,7 @@ def _apply(trf: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ trf[:3, :3].T + trf[:3, 3]
 
 
-def two_view(preds: Any, k: int, m: int, method: str = "official") -> TwoView:
+def two_view(preds: Any, k: int, m: int, method: str = "official", threads: int = 0) -> TwoView:
     """Two-view reconstruction of edge ``k = (a, b)`` and its mirror ``m = (b, a)``.
 
     ``official`` is ``PairViewer`` (spec §4.10); ``robust`` registers ``pts_i[k]`` (view a in
@@ -92,7 +92,7 @@ def two_view(preds: Any, k: int, m: int, method: str = "official") -> TwoView:
     pred_j = {0: preds.pts_j[k], 1: preds.pts_j[m]}  # view 1-x in camera x
     conf_i = {0: preds.conf_i[k], 1: preds.conf_i[m]}
     conf_j = {0: preds.conf_j[k], 1: preds.conf_j[m]}
-    focals = np.array([estimate_focal(pred_i[x], pp) for x in (0, 1)])
+    focals = np.array([estimate_focal(pred_i[x], pp, threads=threads) for x in (0, 1)])
     if method == "robust":
         s, rot, t = weighted_procrustes(pred_i[0], pred_j[1], conf_i[0] * conf_j[1])
         a_to_b = np.eye(4)  # camera a → camera b, in edge k's scale
@@ -186,9 +186,11 @@ def dynamic_masks(
     focal_tgt = np.empty(2 * p, np.float32)
     rot = np.empty((2 * p, 3, 3), np.float32)
     trans = np.empty((2 * p, 3), np.float32)
+    n_workers = workers or min(os.cpu_count() or 1, 8)
+    kernel_threads = 1 if n_workers > 1 else 0
 
     def reconstruct(q: int) -> None:  # one mirrored pair: both directions
-        tv = two_view(preds, int(pairs[q, 0]), int(pairs[q, 1]), method)
+        tv = two_view(preds, int(pairs[q, 0]), int(pairs[q, 1]), method, kernel_threads)
         for d, (src, tgt) in enumerate(((0, 1), (1, 0))):
             x = 2 * q + d
             r, t = relative_pose(tv.poses[src], tv.poses[tgt])
@@ -198,8 +200,9 @@ def dynamic_masks(
             depth[x], rot[x], trans[x] = tv.depths[src], r, t
             focal_src[x], focal_tgt[x] = tv.focals[src], tv.focals[tgt]
 
-    # OpenCV, the C++ focal kernel and large NumPy ops release the GIL: pairs run in threads
-    with ThreadPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
+    # OpenCV, the C++ focal kernel and large NumPy ops release the GIL: pairs run in threads,
+    # each kernel single-threaded (nested OpenMP teams would oversubscribe the cores)
+    with ThreadPoolExecutor(n_workers) as pool:
         list(_progress(pool.map(reconstruct, range(p)), p, "two-view", progress))
     err = ego_flow_error(np.nan_to_num(depth, nan=0.0), focal_src, focal_tgt, rot, trans, measured)
     frames = edges[k].reshape(-1)  # frame of each map: a, b, a, b, ...

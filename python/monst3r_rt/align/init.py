@@ -81,6 +81,7 @@ def estimate_focal(
     pp: Sequence[float] | np.ndarray | None = None,
     iters: int = 10,
     weights: np.ndarray | None = None,
+    threads: int = 0,
 ) -> float:
     """Focal length of a camera-frame pointmap (``post_process.estimate_focal_knowing_depth``,
     ``focal_mode='weiszfeld'``, no clipping).
@@ -97,6 +98,7 @@ def estimate_focal(
         iters: number of IRLS iterations (10 officially).
         weights: optional (H,W) non-negative per-pixel weights multiplying the IRLS weights
             (an extension; ``None`` is the official behaviour).
+        threads: OpenMP threads of the kernel (0: the core's setting; 1 inside a thread pool).
 
     Returns:
         The focal length in pixels.
@@ -112,7 +114,9 @@ def estimate_focal(
                 f"estimate_focal: weights must have shape {(h, w)}, got {weights.shape}"
             )
     cx, cy = (w / 2, h / 2) if pp is None else (float(pp[0]), float(pp[1]))
-    focal = _core.estimate_focal(np.ascontiguousarray(pts, np.float32), weights, cx, cy, iters)
+    focal = _core.estimate_focal(
+        np.ascontiguousarray(pts, np.float32), weights, cx, cy, iters, threads
+    )
     if not np.isfinite(focal):
         raise ValueError("estimate_focal: no finite point with a positive weight")
     return float(focal)
