@@ -1,7 +1,8 @@
 """Motion: optical flow (DIS presets), dynamic masks (official vs robust), and the time of flow +
 masks for a 65-frame video, side by side in one run.
 
-    python benchmarks/motion_bench.py [--data ../shared/data] [--frames 65] [--parts flow,masks,video]
+    python benchmarks/motion_bench.py [--data ../shared/data] [--frames 65]
+                                      [--parts flow,masks,video]
 
 1. ``flow``: DIS time per ordered pair at 512×288 on consecutive frames of ``lady-running``, and
    end-point error against the ground truth of the ``tartanair-flow-pairs`` (native 640×480).
@@ -29,7 +30,10 @@ from _machine import describe
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
     print(f"\n{title}")
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
+
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
