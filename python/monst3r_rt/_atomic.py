@@ -3,8 +3,11 @@ left half-written or lost."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -20,4 +23,44 @@ def savez_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) ->
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool) -> str:
+    """``path`` as a string, after refusing an existing non-empty folder (or a file) unless
+    ``overwrite``. Raises FileExistsError naming it."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True (--overwrite)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[str]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an existing
+    folder is moved aside first and deleted only once the new one is in place); on any error,
+    or an interrupt, the temporary folder is removed and ``path`` is untouched."""
+    path = check_output_dir(path, overwrite).rstrip(os.sep)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    try:
+        yield tmp
+        backup = None
+        if os.path.exists(path):
+            backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.replace(path, os.path.join(backup, "old"))
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if backup is not None:  # put the user's folder back
+                os.replace(os.path.join(backup, "old"), path)
+                os.rmdir(backup)
+            raise
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

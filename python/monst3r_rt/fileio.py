@@ -1,0 +1,285 @@
+"""Writers (and readers, for round trips) of the output formats: the official demo's files, TUM
+trajectories, 16-bit depth PNGs, PLY point clouds, a glTF binary scene and COLMAP text models.
+
+Poses are camera-to-world 4x4 in OpenCV axes (x right, y down, z forward) unless a format says
+otherwise. Every writer takes a path inside a folder that :func:`monst3r_rt._atomic.atomic_dir`
+renames into place once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from .align.params import rotmat_to_quat
+
+__all__ = [
+    "write_official_traj", "read_official_traj", "write_tum", "read_tum", "write_intrinsics",
+    "write_depth_png", "read_depth_png", "write_ply", "read_ply", "write_glb", "read_glb",
+    "write_colmap", "read_colmap_images",
+]  # fmt: skip
+
+
+def _quat_xyzw(rot: np.ndarray) -> np.ndarray:
+    """(N,3,3) → (N,4) unit quaternions x, y, z, w with w ≥ 0."""
+    q = rotmat_to_quat(rot)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[:, 3:] < 0, -q, q)
+
+
+def _quat_to_rot(xyzw: np.ndarray) -> np.ndarray:
+    x, y, z, w = (xyzw / np.linalg.norm(xyzw, axis=-1, keepdims=True)).T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], 1)  # fmt: skip
+
+
+def _poses(t: np.ndarray, xyzw: np.ndarray) -> np.ndarray:
+    out = np.tile(np.eye(4), (len(t), 1, 1))
+    out[:, :3, :3] = _quat_to_rot(xyzw)
+    out[:, :3, 3] = t
+    return out
+
+
+# ---- trajectories -------------------------------------------------------------------------------
+def write_official_traj(path: str, poses: np.ndarray, times: Sequence[float] | None = None) -> None:
+    """``pred_traj.txt`` as the official demo writes it: ``t x y z qw qx qy qz`` per line
+    (camera-to-world, scalar-first quaternion; ``t`` = frame index)."""
+    times = np.arange(len(poses), dtype=float) if times is None else np.asarray(times, float)
+    q = _quat_xyzw(poses[:, :3, :3])
+    rows = np.column_stack([times, poses[:, :3, 3], q[:, 3], q[:, :3]])
+    np.savetxt(path, rows, fmt="%.8f")
+
+
+def read_official_traj(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(times (N,), poses (N,4,4))`` from a ``pred_traj.txt``."""
+    rows = np.loadtxt(path, ndmin=2)
+    return rows[:, 0], _poses(rows[:, 1:4], rows[:, [5, 6, 7, 4]])
+
+
+def write_tum(path: str, poses: np.ndarray, times: Sequence[float] | None = None) -> None:
+    """TUM RGB-D trajectory (``t tx ty tz qx qy qz qw``, camera-to-world; evo reads it)."""
+    times = np.arange(len(poses), dtype=float) if times is None else np.asarray(times, float)
+    rows = np.column_stack([times, poses[:, :3, 3], _quat_xyzw(poses[:, :3, :3])])
+    with open(path, "w") as f:
+        f.write("# timestamp tx ty tz qx qy qz qw (camera-to-world)\n")
+        np.savetxt(f, rows, fmt="%.8f")
+
+
+def read_tum(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(times (N,), poses (N,4,4))`` from a TUM trajectory."""
+    rows = np.loadtxt(path, ndmin=2, comments="#")
+    return rows[:, 0], _poses(rows[:, 1:4], rows[:, 4:8])
+
+
+def write_intrinsics(path: str, intrinsics: np.ndarray) -> None:
+    """``pred_intrinsics.txt``: one row-major 3x3 K per line, ``%.6f`` (official)."""
+    np.savetxt(path, np.asarray(intrinsics).reshape(len(intrinsics), 9), fmt="%.6f")
+
+
+# ---- 16-bit depth PNG with its scale in a tEXt chunk ----------------------------------------------
+def _png_with_text(png: bytes, key: str, value: str) -> bytes:
+    data = key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + data) & 0xFFFFFFFF)
+    end = png.rindex(b"IEND") - 4  # before the IEND chunk's length field
+    return png[:end] + chunk + png[end:]
+
+
+def _png_text(png: bytes) -> dict[str, str]:
+    out, pos = {}, 8
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        kind = png[pos + 4 : pos + 8]
+        if kind == b"tEXt":
+            key, _, value = png[pos + 8 : pos + 8 + length].partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        pos += 12 + length
+    return out
+
+
+def write_depth_png(path: str, depth: np.ndarray, scale: float) -> None:
+    """uint16 PNG of ``round(depth·scale)`` (0 = invalid), with ``depth_scale`` in a tEXt chunk:
+    depth = value / depth_scale."""
+    d = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0) * scale
+    ok, buf = cv2.imencode(".png", np.clip(np.round(d), 0, 65535).astype(np.uint16))
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    with open(path, "wb") as f:
+        f.write(_png_with_text(buf.tobytes(), "depth_scale", repr(float(scale))))
+
+
+def read_depth_png(path: str) -> np.ndarray:
+    """Depth (H,W) float32 from :func:`write_depth_png` (0 where invalid)."""
+    with open(path, "rb") as f:
+        png = f.read()
+    scale = float(_png_text(png)["depth_scale"])
+    raw = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    return (raw.astype(np.float64) / scale).astype(np.float32)
+
+
+# ---- PLY --------------------------------------------------------------------------------------------
+_PLY_DTYPE = np.dtype([
+    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
+    ("confidence", "<f4"), ("dynamic", "u1"),
+])  # fmt: skip
+
+
+def write_ply(path: str, points: np.ndarray, colors: np.ndarray, conf: np.ndarray,
+              dynamic: np.ndarray) -> None:  # fmt: skip
+    """Binary little-endian PLY: x y z (float), red green blue (uchar), confidence (float),
+    dynamic (uchar 0/1)."""
+    v = np.empty(len(points), _PLY_DTYPE)
+    v["x"], v["y"], v["z"] = np.asarray(points, np.float32).T
+    v["red"], v["green"], v["blue"] = np.asarray(colors, np.uint8).T
+    v["confidence"] = conf
+    v["dynamic"] = dynamic
+    props = "".join(
+        f"property {'float' if v.dtype[n].kind == 'f' else 'uchar'} {n}\n" for n in v.dtype.names
+    )
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\n{props}end_header\n"
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(v.tobytes())
+
+
+def read_ply(path: str) -> np.ndarray:
+    """The vertex table of a PLY written by :func:`write_ply` (structured array)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    header = data[:end].decode("ascii").splitlines()
+    if header[:2] != ["ply", "format binary_little_endian 1.0"]:
+        raise ValueError(f"{path}: not a binary little-endian PLY")
+    count = int(next(h for h in header if h.startswith("element vertex")).split()[2])
+    return np.frombuffer(data[end:], _PLY_DTYPE, count=count)
+
+
+# ---- glTF binary ------------------------------------------------------------------------------------
+def _frustum_lines(pose: np.ndarray, k: np.ndarray, w: int, h: int, size: float) -> np.ndarray:
+    """(16,3) line-segment endpoints of a camera frustum of depth ``size``, world frame."""
+    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float) @ np.linalg.inv(k).T
+    corners *= size
+    c = [np.zeros(3), *corners]
+    seg = [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1)]
+    pts = np.array([p for a, b in seg for p in (c[a], c[b])])
+    return pts @ pose[:3, :3].T + pose[:3, 3]
+
+
+def write_glb(path: str, points: np.ndarray, colors: np.ndarray, poses: np.ndarray,
+              intrinsics: np.ndarray, image_size: tuple[int, int]) -> None:  # fmt: skip
+    """A glTF 2.0 binary scene: the point cloud (POINTS with vertex colours) and one frustum per
+    camera (LINES, viridis-like ramp over time). Coordinates are the first camera's frame turned to
+    glTF's axes (y up, −z forward), as viewers expect."""
+    h, w = image_size
+    to_gl = np.diag([1.0, -1.0, -1.0, 1.0]) @ np.linalg.inv(poses[0])
+    pts = np.asarray(points, np.float64) @ to_gl[:3, :3].T + to_gl[:3, 3]
+    extent = np.linalg.norm(poses[:, :3, 3] - poses[:, :3, 3].mean(0), axis=1).max()
+    size = 0.1 * (extent if extent > 0 else 1.0)
+    lines, line_rgb = [], []
+    for n, (pose, k) in enumerate(zip(poses, intrinsics, strict=True)):
+        seg = _frustum_lines(to_gl @ pose, k, w, h, size)
+        t = n / max(len(poses) - 1, 1)
+        lines.append(seg)
+        line_rgb.append(np.tile(np.round(255 * np.array([0.27 + 0.7 * t, 0.0 + 0.9 * t,
+                                                         0.33 + 0.2 * (1 - t)])), (len(seg), 1)))  # fmt: skip
+    prims = [(pts.astype(np.float32), np.asarray(colors, np.uint8), 0)]
+    if lines:
+        prims.append((np.concatenate(lines).astype(np.float32),
+                      np.concatenate(line_rgb).astype(np.uint8), 1))  # fmt: skip
+    blob, views, accessors, primitives = b"", [], [], []
+    for xyz, rgb, mode in prims:
+        if len(xyz) == 0:
+            continue
+        attrs = {}
+        for name, arr, comp, norm in (("POSITION", xyz, 5126, False), ("COLOR_0", rgb, 5121, True)):
+            raw = np.ascontiguousarray(arr).tobytes()
+            views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(raw)})
+            blob += raw + b"\0" * (-len(raw) % 4)
+            acc = {"bufferView": len(views) - 1, "componentType": comp, "count": len(arr),
+                   "type": "VEC3"}  # fmt: skip
+            if norm:
+                acc["normalized"] = True
+            if name == "POSITION":
+                acc["min"], acc["max"] = arr.min(0).tolist(), arr.max(0).tolist()
+            accessors.append(acc)
+            attrs[name] = len(accessors) - 1
+        primitives.append({"attributes": attrs, "mode": mode})
+    gltf = {
+        "asset": {"version": "2.0", "generator": "monst3r_rt"},
+        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": primitives}], "buffers": [{"byteLength": len(blob)}],
+        "bufferViews": views, "accessors": accessors,
+    }  # fmt: skip
+    js = json.dumps(gltf, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 4)
+    total = 12 + 8 + len(js) + 8 + len(blob)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<III", 0x46546C67, 2, total))
+        f.write(struct.pack("<I4s", len(js), b"JSON") + js)
+        f.write(struct.pack("<I4s", len(blob), b"BIN\0") + blob)
+
+
+def read_glb(path: str) -> tuple[dict, bytes]:
+    """``(gltf json, binary chunk)`` of a ``.glb``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic, version, total = struct.unpack("<III", data[:12])
+    if magic != 0x46546C67 or version != 2 or total != len(data):
+        raise ValueError(f"{path}: not a glTF 2.0 binary")
+    (jlen,) = struct.unpack("<I", data[12:16])
+    gltf = json.loads(data[20 : 20 + jlen])
+    (blen,) = struct.unpack("<I", data[20 + jlen : 24 + jlen])
+    return gltf, data[28 + jlen : 28 + jlen + blen]
+
+
+# ---- COLMAP text model --------------------------------------------------------------------------------
+def write_colmap(folder: str, poses: np.ndarray, intrinsics: np.ndarray,
+                 image_size: tuple[int, int], names: Sequence[str], points: np.ndarray,
+                 colors: np.ndarray) -> None:  # fmt: skip
+    """``cameras.txt`` (one PINHOLE camera per frame), ``images.txt`` (world-to-camera
+    ``QW QX QY QZ TX TY TZ``) and ``points3D.txt`` (points with colour, error 0, empty tracks)."""
+    os.makedirs(folder, exist_ok=True)
+    h, w = image_size
+    with open(os.path.join(folder, "cameras.txt"), "w") as f:
+        f.write("# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[fx, fy, cx, cy]\n")
+        for n, k in enumerate(intrinsics):
+            f.write(f"{n + 1} PINHOLE {w} {h} {k[0, 0]:.8f} {k[1, 1]:.8f} {k[0, 2]:.8f} "
+                    f"{k[1, 2]:.8f}\n")  # fmt: skip
+    w2c = np.linalg.inv(poses)
+    q = _quat_xyzw(w2c[:, :3, :3])
+    with open(os.path.join(folder, "images.txt"), "w") as f:
+        f.write("# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME (world-to-camera)\n")
+        f.write("# POINTS2D[] as (X, Y, POINT3D_ID): none\n")
+        for n, name in enumerate(names):
+            qx, qy, qz, qw = q[n]
+            tx, ty, tz = w2c[n, :3, 3]
+            f.write(f"{n + 1} {qw:.10f} {qx:.10f} {qy:.10f} {qz:.10f} {tx:.10f} {ty:.10f} "
+                    f"{tz:.10f} {n + 1} {name}\n\n")  # fmt: skip
+    with open(os.path.join(folder, "points3D.txt"), "w") as f:
+        f.write("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] (empty)\n")
+        ids = np.arange(1, len(points) + 1)
+        rows = np.column_stack([ids, points, colors, np.zeros(len(points))])
+        np.savetxt(f, rows, fmt=["%d", "%.6f", "%.6f", "%.6f", "%d", "%d", "%d", "%.1f"])
+
+
+def read_colmap_images(path: str) -> tuple[list[str], np.ndarray]:
+    """``(names, camera-to-world poses (N,4,4))`` from a COLMAP ``images.txt``."""
+    names, poses = [], []
+    with open(path) as f:
+        lines = [ln for ln in f if not ln.startswith("#")]
+    for ln in lines[::2]:
+        el = ln.split()
+        qw, qx, qy, qz, tx, ty, tz = map(float, el[1:8])
+        w2c = _poses(np.array([[tx, ty, tz]]), np.array([[qx, qy, qz, qw]]))[0]
+        poses.append(np.linalg.inv(w2c))
+        names.append(el[9])
+    return names, np.stack(poses)
