@@ -19,3 +19,25 @@ def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) ->
             yield from tqdm(items, total=total, desc=desc, leave=False)
             return
     yield from items
+
+
+class ProgressBar:
+    """A manually stepped bar (tqdm when installed and ``enabled``, else nothing)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=total, desc=desc, leave=False)
+
+    def step(self, *_: object) -> None:
+        """Advance by one (any arguments, e.g. an optimiser's ``(iteration, energy)``)."""
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -85,7 +85,7 @@ def write_intrinsics(path: str, intrinsics: np.ndarray) -> None:
     np.savetxt(path, np.asarray(intrinsics).reshape(len(intrinsics), 9), fmt="%.6f")
 
 
-# ---- 16-bit depth PNG with its scale in a tEXt chunk ----------------------------------------------
+# ---- 16-bit depth PNG with its scale in a tEXt chunk --------------------------------------------
 def _png_with_text(png: bytes, key: str, value: str) -> bytes:
     data = key.encode("latin-1") + b"\0" + value.encode("latin-1")
     chunk = struct.pack(">I", len(data)) + b"tEXt" + data
@@ -126,7 +126,7 @@ def read_depth_png(path: str) -> np.ndarray:
     return (raw.astype(np.float64) / scale).astype(np.float32)
 
 
-# ---- PLY --------------------------------------------------------------------------------------------
+# ---- PLY ----------------------------------------------------------------------------------------
 _PLY_DTYPE = np.dtype([
     ("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
     ("confidence", "<f4"), ("dynamic", "u1"),
@@ -163,7 +163,7 @@ def read_ply(path: str) -> np.ndarray:
     return np.frombuffer(data[end:], _PLY_DTYPE, count=count)
 
 
-# ---- glTF binary ------------------------------------------------------------------------------------
+# ---- glTF binary --------------------------------------------------------------------------------
 def _frustum_lines(pose: np.ndarray, k: np.ndarray, w: int, h: int, size: float) -> np.ndarray:
     """(16,3) line-segment endpoints of a camera frustum of depth ``size``, world frame."""
     corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float) @ np.linalg.inv(k).T
@@ -189,8 +189,8 @@ def write_glb(path: str, points: np.ndarray, colors: np.ndarray, poses: np.ndarr
         seg = _frustum_lines(to_gl @ pose, k, w, h, size)
         t = n / max(len(poses) - 1, 1)
         lines.append(seg)
-        line_rgb.append(np.tile(np.round(255 * np.array([0.27 + 0.7 * t, 0.0 + 0.9 * t,
-                                                         0.33 + 0.2 * (1 - t)])), (len(seg), 1)))  # fmt: skip
+        rgb = np.round(255 * np.array([0.27 + 0.7 * t, 0.9 * t, 0.33 + 0.2 * (1 - t)]))
+        line_rgb.append(np.tile(rgb, (len(seg), 1)))
     prims = [(pts.astype(np.float32), np.asarray(colors, np.uint8), 0)]
     if lines:
         prims.append((np.concatenate(lines).astype(np.float32),
@@ -241,7 +241,7 @@ def read_glb(path: str) -> tuple[dict, bytes]:
     return gltf, data[28 + jlen : 28 + jlen + blen]
 
 
-# ---- COLMAP text model --------------------------------------------------------------------------------
+# ---- COLMAP text model --------------------------------------------------------------------------
 def write_colmap(folder: str, poses: np.ndarray, intrinsics: np.ndarray,
                  image_size: tuple[int, int], names: Sequence[str], points: np.ndarray,
                  colors: np.ndarray) -> None:  # fmt: skip

@@ -51,7 +51,9 @@ class Reconstruction:
                 "conf": (n, h, w), "dynamic_masks": (n, h, w), "pts3d": (n, h, w, 3)}  # fmt: skip
         for name, shape in want.items():
             if np.shape(getattr(self, name)) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {np.shape(getattr(self, name))}")
+                raise ValueError(
+                    f"{name} must have shape {shape}, got {np.shape(getattr(self, name))}"
+                )
         if not self.names:
             self.names = [f"frame_{i:04d}" for i in range(n)]
 
@@ -116,8 +118,9 @@ class Reconstruction:
         os.makedirs(os.path.join(d, "points"))
         for i in range(n):
             ok = np.isfinite(self.pts3d[i]).all(-1)
-            fileio.write_ply(os.path.join(d, "points", f"{i:04d}.ply"), self.pts3d[i][ok],
-                             self.frames[i][ok], self.conf[i][ok], self.dynamic_masks[i][ok])  # fmt: skip
+            path = os.path.join(d, "points", f"{i:04d}.ply")
+            fileio.write_ply(path, self.pts3d[i][ok], self.frames[i][ok], self.conf[i][ok],
+                             self.dynamic_masks[i][ok])  # fmt: skip
         pts, rgb = self._scene_points()
         fileio.write_glb(os.path.join(d, "scene.glb"), pts, rgb, poses, self.intrinsics, (h, w))
         names = [f"frame_{i:04d}.png" for i in range(n)]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .._progress import ProgressBar
 from . import params as P
 from .config import AlignConfig
 from .init import connected_components
@@ -141,6 +143,7 @@ def global_align(
     dynamic_masks: Any = None,
     config: AlignConfig | None = None,
     device: str = "cpu",
+    progress: bool = False,
 ) -> AlignResult:
     """MonST3R global alignment of pairwise pointmaps.
 
@@ -155,6 +158,7 @@ def global_align(
         dynamic_masks: (N,H,W) bool, True = moving; static pixels drive the flow term.
         config: :class:`AlignConfig` (official demo defaults).
         device: ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar over the optimiser's iterations (tqdm, stderr).
 
     Returns:
         :class:`AlignResult` with numpy arrays.
@@ -190,18 +194,21 @@ def global_align(
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    windows = 1 if cfg.window is None else len(window_ranges(n, *cfg.window))
+    bar = ProgressBar(cfg.niter * windows, "align", progress and cfg.solver == "adam")
     if cfg.window is None:
         params = _init(data, pts_i, pts_j, conf_i, conf_j, cfg)
         timings["init"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        params, history = _optimize(data, flow, cfg, device, params)
+        params, history = _optimize(data, flow, cfg, device, params, callback=bar.step)
         timings["optimize"] = time.perf_counter() - t0
         extra: dict[str, Any] = {}
     else:
         params, history, extra = _align_windows(
-            data, flow, cfg, device, pts_i, pts_j, conf_i, conf_j
+            data, flow, cfg, device, pts_i, pts_j, conf_i, conf_j, bar.step
         )
         timings["windows"] = time.perf_counter() - t0
+    bar.close()
     result = assemble(params, data, conf_i, conf_j, masks)
     result.energy = np.asarray(history, dtype=np.float64)
     result.timings = timings
@@ -236,6 +243,7 @@ def _optimize(
     frozen: np.ndarray | None = None,
     freeze_focal: bool = False,
     pin_scale: bool = True,
+    callback: Callable[[int, float], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """Run the configured solver from ``params``; ``frozen`` (N,) bool frames keep their depth
     and pose (their gradients are zeroed, so Adam never moves them)."""
@@ -283,7 +291,7 @@ def _optimize(
 
     from .solvers import adam
 
-    params, history = adam(objective, params, cfg.niter, cfg.lr_at)
+    params, history = adam(objective, params, cfg.niter, cfg.lr_at, callback=callback)
     if kernel is not None:
         params["log_depth"] = params["log_depth"].cpu().numpy()
     return params, history
@@ -319,7 +327,7 @@ def _similarity(params: dict[str, np.ndarray], s: float, rot: np.ndarray, t: np.
 
 def _align_windows(
     data: AlignData, flow: FlowData | None, cfg: AlignConfig, device: str, pts_i, pts_j,
-    conf_i, conf_j,
+    conf_i, conf_j, callback: Callable[[int, float], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[float], dict[str, Any]]:  # fmt: skip
     """Overlapping windows, each optimised with the previous window's overlap frozen, so the
     optimiser's memory is bounded by the window. Poses and scale stay continuous: each window's
@@ -352,7 +360,7 @@ def _align_windows(
             sub_flow = FlowData(flow.flow_ij[sel], flow.flow_ji[sel], flow.static[a:b])
         params = _init(sub, pts_i[sel], pts_j[sel], conf_i[sel], conf_j[sel], cfg)
         if k == 0:
-            params, hist = _optimize(sub, sub_flow, cfg, device, params)
+            params, hist = _optimize(sub, sub_flow, cfg, device, params, callback=callback)
         else:
             # map the window's own frame onto the frozen overlap (camera centres and points)
             ov = np.arange(a, ranges[k - 1][1])
@@ -372,7 +380,7 @@ def _align_windows(
             frozen[ov - a] = True
             params, hist = _optimize(
                 sub, sub_flow, cfg, device, params, frozen=frozen, freeze_focal=True,
-                pin_scale=False,
+                pin_scale=False, callback=callback,
             )  # fmt: skip
         history.extend(hist)
         full["log_depth"][a:b] = params["log_depth"]
