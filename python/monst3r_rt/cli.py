@@ -1,9 +1,10 @@
-"""Command line: ``monst3r-rt doctor | --version``."""
+"""Command line: ``monst3r-rt run | view | doctor | --version``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ._version import __version__
 
@@ -23,6 +24,65 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+# errors a user can fix: printed as one line, exit status 2, no traceback
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .frames import FrameError
+
+    errors: list[type[BaseException]] = [FrameError, FileExistsError, FileNotFoundError, ValueError]
+    try:
+        from .network import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:  # torch missing: load_model raises ImportError, caught below
+        pass
+    return (*errors, ImportError, RuntimeError)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._atomic import check_output_dir
+    from .align import AlignConfig
+    from .pipeline import Pipeline
+
+    check_output_dir(args.output, args.overwrite)  # before any work
+    cfg = AlignConfig(niter=args.niter, solver=args.solver)
+    pipe = Pipeline(weights=args.weights, backend=args.backend, device=args.device,
+                    size=args.size, graph=args.graph, batch_size=args.batch_size, align=cfg,
+                    flow=None if args.no_flow else args.flow, masks=args.masks,
+                    flow_weights=args.flow_weights)  # fmt: skip
+    show = not args.quiet
+
+    def on_stage(name: str) -> None:
+        if show:
+            print(f"[monst3r-rt] {name} ...", file=sys.stderr, flush=True)
+
+    recon = pipe.run(args.input, num_frames=args.num_frames, stride=args.stride, fps=args.fps,
+                     progress=show, on_stage=on_stage)  # fmt: skip
+    t = time.perf_counter()
+    paths = recon.save(args.output, overwrite=args.overwrite)
+    timings = {**recon.meta["timings"], "write": time.perf_counter() - t}
+    h, w = recon.depths.shape[1:]
+    rows = [("frames", f"{len(recon)} at {w}x{h}"), ("pairs", str(recon.meta["pairs"]))]
+    rows += [(f"{k} s", f"{v:.2f}") for k, v in timings.items()]
+    rows += [("total s", f"{sum(timings.values()):.2f}")]
+    rows += [(k, v) for k, v in paths.items()]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .viewer import render_png, view
+
+    if args.png:
+        render_png(args.output, args.png, frame=args.frame)
+        print(f"wrote {args.png}")
+    if args.save or not args.png:
+        view(args.output, save=args.save)
+        if args.save:
+            print(f"wrote {args.save} (open it with: rerun {args.save})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monst3r-rt", description="MonST3R 4D reconstruction from video, accelerated."
@@ -32,6 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="show what will run on this machine")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(func=_doctor)
+
+    run = sub.add_parser("run", help="reconstruct a video (4D: depth, poses, masks, points)")
+    run.add_argument("input", help="video file, folder of images, or image file")
+    run.add_argument("-o", "--output", required=True, help="output folder (must be new or empty)")
+    run.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
+    run.add_argument("--backend", default="auto", choices=["auto", "torch"])
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--num-frames", type=int, help="keep at most this many frames")
+    run.add_argument("--stride", type=int, default=1, help="keep every k-th frame")
+    run.add_argument("--fps", type=float, help="resample a video to this frame rate")
+    run.add_argument("--size", type=int, default=512, choices=[224, 512])
+    run.add_argument("--graph", default="swinstride-5-noncyclic", help="pair graph")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--niter", type=int, default=300, help="alignment iterations")
+    run.add_argument("--solver", default="adam", choices=["adam", "lm"])
+    run.add_argument("--flow", default="dis", choices=["dis", "raft"])
+    run.add_argument("--flow-weights", help="RAFT state_dict for --flow raft")
+    run.add_argument("--masks", default="official", choices=["official", "robust"])
+    run.add_argument("--no-flow", action="store_true", help="no flow term and no dynamic masks")
+    run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    run.set_defaults(func=_run)
+
+    viewp = sub.add_parser("view", help="4D viewer of an output folder (rerun)")
+    viewp.add_argument("output", help="output folder of 'monst3r-rt run'")
+    viewp.add_argument("--save", help="write a rerun recording (.rrd) instead of opening a viewer")
+    viewp.add_argument("--png", help="render a still image (no display, no extra dependency)")
+    viewp.add_argument("--frame", type=int, help="frame whose moving points the still shows")
+    viewp.set_defaults(func=_view)
     return parser
 
 
@@ -41,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except _user_errors() as exc:
+        print(f"monst3r-rt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"monst3r-rt {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

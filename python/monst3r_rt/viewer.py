@@ -1,0 +1,142 @@
+"""The 4D viewer: an output folder in rerun (time slider over frames, static background, per-frame
+dynamic points, camera frusta with their images), and a dependency-free headless render to PNG.
+
+Why rerun rather than viser: rerun's timeline *is* the time slider a 4D reconstruction needs, it
+records to an ``.rrd`` file without any display (headless machines, CI, sharing a result), and the
+same recording opens in its native or web viewer; viser needs a running server and a hand-made
+time slider.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .reconstruction import Reconstruction
+
+__all__ = ["view", "render_png"]
+
+
+def _thin(pts: np.ndarray, rgb: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    step = int(np.ceil(len(pts) / limit)) if len(pts) > limit else 1
+    return pts[::step], rgb[::step]
+
+
+def view(
+    recon: Reconstruction | str | os.PathLike[str],
+    save: str | os.PathLike[str] | None = None,
+    conf_threshold: float = 1.1,
+    max_static_points: int = 1_000_000,
+) -> None:
+    """Show a reconstruction in rerun (extra ``viz``).
+
+    Args:
+        recon: a :class:`Reconstruction` or an output folder.
+        save: write an ``.rrd`` recording here instead of opening a viewer (headless).
+        conf_threshold: keep pixels with raw confidence above this.
+        max_static_points: thin the accumulated static background to this many points.
+    """
+    try:
+        import rerun as rr
+    except ImportError as exc:
+        raise RuntimeError("the viewer needs rerun: pip install 'monst3r-rt[viz]'") from exc
+    if not isinstance(recon, Reconstruction):
+        recon = Reconstruction.load(recon)
+    rr.init("monst3r_rt", spawn=save is None)
+    if save is not None:
+        rr.save(os.fspath(save))
+    rr.log("world", rr.ViewCoordinates.RDF, static=True)  # OpenCV: x right, y down, z forward
+    pts, rgb = _thin(*recon.point_cloud(conf_threshold=conf_threshold, static_only=True),
+                     max_static_points)  # fmt: skip
+    rr.log("world/static", rr.Points3D(pts, colors=rgb, radii=-1.5), static=True)
+    h, w = recon.depths.shape[1:]
+    for i in range(len(recon)):
+        _set_frame(rr, i)
+        keep = (recon.conf[i] > conf_threshold) & recon.dynamic_masks[i]
+        rr.log("world/dynamic", rr.Points3D(recon.pts3d[i][keep], colors=recon.frames[i][keep],
+                                             radii=-2.0))  # fmt: skip
+        pose = recon.poses[i]
+        rr.log("world/camera", rr.Transform3D(translation=pose[:3, 3], mat3x3=pose[:3, :3]))
+        rr.log("world/camera/image", rr.Pinhole(image_from_camera=recon.intrinsics[i],
+                                                 width=w, height=h))  # fmt: skip
+        rr.log("world/camera/image", rr.Image(recon.frames[i]))
+        rr.log("world/trajectory", rr.LineStrips3D([recon.poses[: i + 1, :3, 3]]))
+
+
+def _set_frame(rr: Any, i: int) -> None:
+    if hasattr(rr, "set_time"):  # rerun ≥ 0.23
+        rr.set_time("frame", sequence=i)
+    else:  # pragma: no cover - older rerun
+        rr.set_time_sequence("frame", i)
+
+
+def render_png(
+    recon: Reconstruction | str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    frame: int | None = None,
+    size: tuple[int, int] = (720, 1280),
+    conf_threshold: float = 1.1,
+) -> np.ndarray:
+    """Render the static background, one frame's dynamic points and all camera frusta from a
+    virtual camera behind and above the trajectory, to a PNG (no display, no extra dependency).
+
+    Args:
+        recon: a :class:`Reconstruction` or an output folder.
+        path: PNG to write.
+        frame: whose dynamic points to draw (default: the middle frame).
+        size: ``(H, W)`` of the image.
+        conf_threshold: keep pixels with raw confidence above this.
+
+    Returns:
+        the (H,W,3) uint8 RGB image.
+    """
+    if not isinstance(recon, Reconstruction):
+        recon = Reconstruction.load(recon)
+    frame = len(recon) // 2 if frame is None else frame
+    static, s_rgb = recon.point_cloud(conf_threshold=conf_threshold, static_only=True)
+    keep = (recon.conf[frame] > conf_threshold) & recon.dynamic_masks[frame]
+    pts = np.concatenate([static, recon.pts3d[frame][keep]])
+    rgb = np.concatenate([s_rgb, recon.frames[frame][keep]])
+    centres = recon.poses[:, :3, 3].astype(np.float64)
+    # virtual camera: the first camera's orientation, pulled back and up by the scene's depth
+    rot = recon.poses[0, :3, :3].astype(np.float64)
+    depth = float(np.median(recon.depths[np.isfinite(recon.depths)]))
+    eye = centres.mean(0) + rot @ np.array([0.0, -0.6, -1.2]) * depth
+    tilt = cv2.Rodrigues(np.array([-0.35, 0.0, 0.0]))[0]  # look slightly down
+    w2c_r = (rot @ tilt).T
+    h, w = size
+    f = 0.8 * w
+    img = np.full((h, w, 3), 24, np.uint8)
+
+    def project(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = (x - eye) @ w2c_r.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = c[:, :2] / c[:, 2:] * f + (w / 2, h / 2)
+        return uv, c[:, 2]
+
+    uv, z = project(pts.astype(np.float64))
+    ok = (z > 1e-6) & np.isfinite(uv).all(1) & (uv[:, 0] >= 0) & (uv[:, 0] < w - 1)
+    ok &= (uv[:, 1] >= 0) & (uv[:, 1] < h - 1)
+    order = np.argsort(-z[ok])  # far to near: near points are drawn last
+    u, v = uv[ok][order].astype(int).T
+    img[v, u] = rgb[ok][order]
+    img[v + 1, u] = rgb[ok][order]
+    img[v, u + 1] = rgb[ok][order]
+    from .fileio import _frustum_lines
+
+    for n, (pose, k) in enumerate(zip(recon.poses, recon.intrinsics, strict=True)):
+        seg = _frustum_lines(pose.astype(np.float64), k, *recon.depths.shape[:0:-1], 0.15 * depth)
+        suv, sz = project(seg)
+        t = n / max(len(recon) - 1, 1)
+        colour = (int(255 * t), int(80 + 120 * (1 - t)), int(255 * (1 - t)))
+        for a in range(0, len(seg), 2):
+            if sz[a] > 1e-6 and sz[a + 1] > 1e-6:
+                p0 = tuple(np.clip(np.round(suv[a]), -1e5, 1e5).astype(int).tolist())
+                p1 = tuple(np.clip(np.round(suv[a + 1]), -1e5, 1e5).astype(int).tolist())
+                cv2.line(img, p0, p1, colour, 1, cv2.LINE_AA)
+    if not cv2.imwrite(os.fspath(path), img[..., ::-1]):
+        raise OSError(f"{path}: cannot write the PNG")
+    return img
