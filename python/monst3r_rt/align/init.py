@@ -536,6 +536,10 @@ def init_mst(
     else:
         # officially an unknown focal keeps its initial value max(H, W)
         focal_values = np.array([float(max(h, w)) if f is None else f for f in im_focals])
+    # an estimate that is not a positive number (pointmaps behind the camera, e.g. untrained
+    # weights) falls back to that initial value too, instead of a NaN log-focal
+    ok = np.isfinite(focal_values) & (focal_values > 0)
+    focal_values = np.where(ok, focal_values, float(max(h, w)))
 
     # 5. pairwise poses for every edge, then the scale normalisation
     pw_poses = np.zeros((len(edges), 8), dtype=np.float32)
