@@ -214,3 +214,12 @@ def test_headless_render_shows_the_scene(tmp_path):
     img = render_png(rec, tmp_path / "still.png", size=(120, 160))
     assert (tmp_path / "still.png").is_file() and img.shape == (120, 160, 3)
     assert (np.abs(img.astype(int) - 24).sum(-1) > 0).mean() > 0.1  # the room fills the view
+
+
+def test_rerun_recording_headless(recon, tmp_path):
+    pytest.importorskip("rerun", reason="the viewer's extra 'viz' (rerun-sdk) is not installed")
+    from monst3r_rt.viewer import view
+
+    view(recon, save=tmp_path / "rec.rrd")
+    data = (tmp_path / "rec.rrd").read_bytes()
+    assert data[:4] == b"RRF2" and len(data) > recon.frames.nbytes // 4  # the images are in it
