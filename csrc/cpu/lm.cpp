@@ -269,6 +269,48 @@ void lm_backsub_cpu(const AlignProblem<T>& pb, T eps_t, const LmBacksub<T>& bs) 
   }
 }
 
+// IRLS weights of one (edge, side) over a pixel chunk (branch-free, vectorisable): W[q] =
+// w/max(‖r‖, eps), 0 where w = 0, and H[q] += W‖a‖². a is given per component (ax, ay, az).
+template <typename T>
+struct WeightChunk {
+  const T* pts;  // (len, 3) predictions of the edge's side
+  const T* w;    // (len) confidence weights
+  const T* Re;   // edge rotation (3×3)
+  double s, eps;
+  double t[3];  // T_v − t_e
+  const double *ax, *ay, *az, *a2;
+  double* W;
+  double* H;
+  int64_t len;
+};
+
+template <typename T>
+inline void weight_chunk_body(const WeightChunk<T>& c) {
+  const double R0 = c.Re[0], R1 = c.Re[1], R2 = c.Re[2], R3 = c.Re[3], R4 = c.Re[4],
+               R5 = c.Re[5], R6 = c.Re[6], R7 = c.Re[7], R8 = c.Re[8];
+#pragma omp simd
+  for (int64_t q = 0; q < c.len; ++q) {
+    const double px = c.pts[3 * q], py = c.pts[3 * q + 1], pz = c.pts[3 * q + 2];
+    const double rx = c.ax[q] + c.t[0] - c.s * (R0 * px + R1 * py + R2 * pz);
+    const double ry = c.ay[q] + c.t[1] - c.s * (R3 * px + R4 * py + R5 * pz);
+    const double rz = c.az[q] + c.t[2] - c.s * (R6 * px + R7 * py + R8 * pz);
+    const double nr = std::sqrt(rx * rx + ry * ry + rz * rz);
+    const double wp = c.w[q];
+    const double W = wp == 0.0 ? 0.0 : wp / std::max(nr, c.eps);
+    c.W[q] = W;
+    c.H[q] += W * c.a2[q];
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MONST3R_LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MONST3R_LM_CLONES
+#endif
+
+MONST3R_LM_CLONES void weight_chunk(const WeightChunk<float>& c) { weight_chunk_body(c); }
+MONST3R_LM_CLONES void weight_chunk(const WeightChunk<double>& c) { weight_chunk_body(c); }
+
 template <typename T>
 void lm_cross_features_cpu(const AlignProblem<T>& pb, T eps_t, int64_t v, int64_t p0,
                            int64_t p1, float* x) {
@@ -284,45 +326,42 @@ void lm_cross_features_cpu(const AlignProblem<T>& pb, T eps_t, int64_t v, int64_
   const T* Tv = pb.trans + 3 * v;
 #pragma omp parallel
   {
-    std::vector<double> pa(3 * kChunk), ph(kChunk), pw(k * kChunk);
+    std::vector<double> pa(4 * kChunk), ph(kChunk), pw(k * kChunk);
+    double *ax = pa.data(), *ay = ax + kChunk, *az = ay + kChunk, *a2 = az + kChunk;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t c0 = p0 + c * kChunk, c1 = std::min(p1, c0 + kChunk);
+      const int64_t c0 = p0 + c * kChunk, c1 = std::min(p1, c0 + kChunk), len = c1 - c0;
       for (int64_t p = c0; p < c1; ++p) {
-        double nn[3];
-        pixel_geometry(pb, v, p, &pa[3 * (p - c0)], nn);
-        ph[p - c0] = 0.0;
+        const int64_t q = p - c0;
+        double a[3], nn[3];
+        pixel_geometry(pb, v, p, a, nn);
+        ax[q] = a[0], ay[q] = a[1], az[q] = a[2];
+        a2[q] = a[0] * a[0] + a[1] * a[1] + a[2] * a[2];
+        ph[q] = 0.0;
       }
       for (int64_t j = 0; j < k; ++j) {
         const auto [e, side] = inc[j];
-        const T* te = pb.edge_trans + 3 * e;
-        const T* wts = pb.weight[side] + e * hw;
-        double* w = pw.data() + j * kChunk;
-        for (int64_t p = c0; p < c1; ++p) {
-          const int64_t q = p - c0;
-          const double wp = wts[p];
-          w[q] = 0.0;
-          if (wp == 0.0) continue;
-          double b[3], r[3];
-          edge_point(pb, e, side, p, b);
-          const double* a = &pa[3 * q];
-          for (int i = 0; i < 3; ++i) r[i] = a[i] + Tv[i] - b[i] - te[i];
-          const double nr = std::sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
-          const double W = wp / std::max(nr, eps);
-          w[q] = W;
-          ph[q] += W * (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]);
-        }
+        WeightChunk<T> wc{pb.pts[side] + (e * hw + c0) * 3,
+                          pb.weight[side] + e * hw + c0,
+                          pb.edge_rot + 9 * e,
+                          static_cast<double>(pb.edge_scale[e]),
+                          eps,
+                          {static_cast<double>(Tv[0]) - pb.edge_trans[3 * e],
+                           static_cast<double>(Tv[1]) - pb.edge_trans[3 * e + 1],
+                           static_cast<double>(Tv[2]) - pb.edge_trans[3 * e + 2]},
+                          ax, ay, az, a2, pw.data() + j * kChunk, ph.data(), len};
+        weight_chunk(wc);
       }
-      for (int64_t p = c0; p < c1; ++p) {
-        const int64_t q = p - c0;
-        const double* a = &pa[3 * q];
-        const double inv = ph[q] > 0 ? 1.0 / std::sqrt(ph[q]) : 0.0;
-        const double phi[4] = {a[0] * inv, a[1] * inv, a[2] * inv,
-                               (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]) * inv};
-        for (int64_t j = 0; j < k; ++j) {
-          const double w = pw[j * kChunk + q];
-          float* dst = x + 4 * j * np + (p - p0);
-          for (int i = 0; i < 4; ++i) dst[i * np] = static_cast<float>(w * phi[i]);
+      for (int64_t q = 0; q < len; ++q) ph[q] = ph[q] > 0 ? 1.0 / std::sqrt(ph[q]) : 0.0;
+      for (int64_t j = 0; j < k; ++j) {
+        const double* w = pw.data() + j * kChunk;
+        float* dst = x + 4 * j * np + (c0 - p0);
+        for (int64_t q = 0; q < len; ++q) {
+          const double wi = w[q] * ph[q];
+          dst[q] = static_cast<float>(wi * ax[q]);
+          dst[np + q] = static_cast<float>(wi * ay[q]);
+          dst[2 * np + q] = static_cast<float>(wi * az[q]);
+          dst[3 * np + q] = static_cast<float>(wi * a2[q]);
         }
       }
     }
