@@ -8,11 +8,13 @@ increment, a translation increment and ``δ log f``; per edge a rotation, transl
 ``mean s`` fixed); per pixel ``δ log D``. The per-pixel depths are eliminated by the Schur
 complement in the ``_core.lm_accumulate`` kernel (one pass over the pixels of every edge), which
 returns every block of the reduced system exactly except the coupling of two different edges
-through a shared depth; that coupling is formed here with one GEMM per frame after replacing the
-edge point ``Y`` by the frame point ``X`` in it (exact at zero residual). The reduced system
-(6 per frame + focal + 7 per edge) is sparse and solved directly; the depths follow by
-back-substitution (``_core.lm_backsub``). Steps are accepted only when the energy evaluated by
-:func:`objective.evaluate` decreases.
+through a shared depth; that coupling is formed here with one GEMM per frame (and bounded pixel
+range) of features from ``_core.lm_cross_features``, after replacing the edge point ``Y`` by the
+frame point ``X`` in it (exact at zero residual). The reduced system (6 per frame + focal + 7 per
+edge) is sparse and solved directly; the depths follow by back-substitution
+(``_core.lm_backsub``). No kernel keeps anything per pixel or per residual: the IRLS weights are
+recomputed where needed, so the memory beyond the inputs stays O(N + E + one frame). Steps are
+accepted only when the energy evaluated by :func:`objective.evaluate` decreases.
 """
 
 from __future__ import annotations
