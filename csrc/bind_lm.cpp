@@ -64,44 +64,50 @@ monst3r::AlignProblem<T> make_problem(const GeoArgs& g) {
 template <typename T>
 py::tuple accumulate_impl(const GeoArgs& g, double eps) {
   const auto pb = make_problem<T>(g);
-  const int64_t n = pb.n_frames, e = pb.n_edges, h = pb.height, w = pb.width;
-  py::array_t<T> hdd({n, h, w}), gd({n, h, w}), apt({n, h, w, int64_t{3}}),
-      weight({e, int64_t{2}, h, w});
+  const int64_t n = pb.n_frames, e = pb.n_edges;
   py::array_t<double> frame_acc({n, int64_t{monst3r::kLmFrameAcc}}),
       edge_acc({e, int64_t{2}, int64_t{monst3r::kLmEdgeAcc}});
   double energy = 0.0;
-  monst3r::LmOutputs<T> out{&energy,
-                            hdd.mutable_data(),
-                            gd.mutable_data(),
-                            apt.mutable_data(),
-                            weight.mutable_data(),
-                            frame_acc.mutable_data(),
-                            edge_acc.mutable_data()};
+  monst3r::LmOutputs out{&energy, frame_acc.mutable_data(), edge_acc.mutable_data()};
   {
     py::gil_scoped_release release;
     monst3r::lm_accumulate_cpu<T>(pb, static_cast<T>(eps), out);
   }
-  return py::make_tuple(energy, hdd, gd, apt, weight, frame_acc, edge_acc);
+  return py::make_tuple(energy, frame_acc, edge_acc);
 }
 
 template <typename T>
-py::array_t<T> backsub_impl(const GeoArgs& g, const py::array& hdd, const py::array& gd,
-                            const py::array& weight, const py::array& dframe,
+py::array_t<T> backsub_impl(const GeoArgs& g, double eps, const py::array& dframe,
                             const py::array& dedge) {
   const auto pb = make_problem<T>(g);
   const int64_t n = pb.n_frames, e = pb.n_edges, h = pb.height, w = pb.width;
   py::array_t<T> dl({n, h, w});
-  monst3r::LmBacksub<T> bs{lm_checked<T>(hdd, "hdd", {n, h, w}),
-                           lm_checked<T>(gd, "gd", {n, h, w}),
-                           lm_checked<T>(weight, "weight", {e, 2, h, w}),
-                           lm_checked<double>(dframe, "dframe", {n, 7}),
-                           lm_checked<double>(dedge, "dedge", {e, 7}),
-                           dl.mutable_data()};
+  monst3r::LmBacksub<T> bs{lm_checked<double>(dframe, "dframe", {n, 7}),
+                           lm_checked<double>(dedge, "dedge", {e, 7}), dl.mutable_data()};
   {
     py::gil_scoped_release release;
-    monst3r::lm_backsub_cpu<T>(pb, bs);
+    monst3r::lm_backsub_cpu<T>(pb, static_cast<T>(eps), bs);
   }
   return dl;
+}
+
+template <typename T>
+py::array_t<float> cross_features_impl(const GeoArgs& g, double eps, int64_t frame, int64_t p0,
+                                       int64_t p1) {
+  const auto pb = make_problem<T>(g);
+  const int64_t hw = pb.height * pb.width;
+  if (frame < 0 || frame >= pb.n_frames) throw py::value_error("frame out of range");
+  if (p1 < 0) p1 = hw;
+  if (p0 < 0 || p0 >= p1 || p1 > hw) throw py::value_error("need 0 <= p0 < p1 <= H*W");
+  int64_t k = 0;
+  for (int64_t i = 0; i < 2 * pb.n_edges; ++i) k += pb.edges[i] == frame;
+  py::array_t<float> x({4 * k, p1 - p0});
+  float* out = x.mutable_data();
+  {
+    py::gil_scoped_release release;
+    monst3r::lm_cross_features_cpu<T>(pb, static_cast<T>(eps), frame, p0, p1, out);
+  }
+  return x;
 }
 
 bool is_f64(const py::array& a) { return py::isinstance<py::array_t<double>>(a); }
@@ -122,23 +128,42 @@ void register_lm(py::module_& m) {
       py::arg("log_depth"), py::arg("rot"), py::arg("trans"), py::arg("focal"), py::arg("pp"),
       py::arg("edge_rot"), py::arg("edge_trans"), py::arg("edge_scale"), py::arg("eps"),
       "CPU: one pass of the IRLS Gauss-Newton accumulation with the per-pixel depth eliminated "
-      "(see monst3r/lm.h). Returns (energy, hdd (N,H,W), gd (N,H,W), a (N,H,W,3), weight "
-      "(E,2,H,W), frame_acc (N,35), edge_acc (E,2,129)); all sums unnormalised.");
+      "(see monst3r/lm.h). Returns (energy, frame_acc (N,35), edge_acc (E,2,129)); all sums "
+      "unnormalised. Nothing per pixel is kept: lm_backsub and lm_cross_features recompute it.");
   m.def(
       "lm_backsub",
       [](py::array edges, py::array pts_i, py::array pts_j, py::array w_i, py::array w_j,
          py::array log_depth, py::array rot, py::array trans, py::array focal, py::array pp,
-         py::array edge_rot, py::array edge_trans, py::array edge_scale, py::array hdd,
-         py::array gd, py::array weight, py::array dframe, py::array dedge) {
+         py::array edge_rot, py::array edge_trans, py::array edge_scale, py::array dframe,
+         py::array dedge, double eps) {
         GeoArgs g{edges, pts_i, pts_j, w_i, w_j, log_depth, rot, trans, focal, pp, edge_rot,
                   edge_trans, edge_scale};
-        return is_f64(pts_i) ? py::array(backsub_impl<double>(g, hdd, gd, weight, dframe, dedge))
-                             : py::array(backsub_impl<float>(g, hdd, gd, weight, dframe, dedge));
+        return is_f64(pts_i) ? py::array(backsub_impl<double>(g, eps, dframe, dedge))
+                             : py::array(backsub_impl<float>(g, eps, dframe, dedge));
       },
       py::arg("edges"), py::arg("pts_i"), py::arg("pts_j"), py::arg("w_i"), py::arg("w_j"),
       py::arg("log_depth"), py::arg("rot"), py::arg("trans"), py::arg("focal"), py::arg("pp"),
-      py::arg("edge_rot"), py::arg("edge_trans"), py::arg("edge_scale"), py::arg("hdd"),
-      py::arg("gd"), py::arg("weight"), py::arg("dframe"), py::arg("dedge"),
+      py::arg("edge_rot"), py::arg("edge_trans"), py::arg("edge_scale"), py::arg("dframe"),
+      py::arg("dedge"), py::arg("eps"),
       "CPU: depth back-substitution dl = -(gd + sum_j W_j a.(J_f df + J_e de_j)) / hdd, "
-      "dframe (N,7) float64 [theta, T, log f], dedge (E,7) float64 [phi, t, s].");
+      "dframe (N,7) float64 [theta, T, log f], dedge (E,7) float64 [phi, t, s]; W, hdd and gd "
+      "are recomputed from the geometry with the eps given to lm_accumulate.");
+  m.def(
+      "lm_cross_features",
+      [](py::array edges, py::array pts_i, py::array pts_j, py::array w_i, py::array w_j,
+         py::array log_depth, py::array rot, py::array trans, py::array focal, py::array pp,
+         py::array edge_rot, py::array edge_trans, py::array edge_scale, double eps,
+         int64_t frame, int64_t p0, int64_t p1) {
+        GeoArgs g{edges, pts_i, pts_j, w_i, w_j, log_depth, rot, trans, focal, pp, edge_rot,
+                  edge_trans, edge_scale};
+        return is_f64(pts_i) ? cross_features_impl<double>(g, eps, frame, p0, p1)
+                             : cross_features_impl<float>(g, eps, frame, p0, p1);
+      },
+      py::arg("edges"), py::arg("pts_i"), py::arg("pts_j"), py::arg("w_i"), py::arg("w_j"),
+      py::arg("log_depth"), py::arg("rot"), py::arg("trans"), py::arg("focal"), py::arg("pp"),
+      py::arg("edge_rot"), py::arg("edge_trans"), py::arg("edge_scale"), py::arg("eps"),
+      py::arg("frame"), py::arg("p0") = 0, py::arg("p1") = -1,
+      "CPU: float32 (4k, p1-p0) features of the cross-edge coupling of one frame over pixels "
+      "[p0, p1) (p1=-1: to the end): row 4j+c is W_j phi_c / sqrt(hdd), phi = (a, |a|^2), for "
+      "the j-th (edge, side) incident to the frame (edges in increasing order).");
 }

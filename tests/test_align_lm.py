@@ -47,6 +47,7 @@ def _residuals(data, geo, n, dx, dlog):
 
 def test_reduced_system_matches_finite_differences():
     data, params, _ = random_problem(n=4, h=3, w=4, seed=1, dtype=np.float64)
+    data.w_i[0, 1, 2] = data.w_j[3, 0, 0] = 0.0  # masked residuals (the kernels skip them)
     n, e_count = data.n_frames, len(data.edges)
     hw = 12
     geo = P.geometry(params, n)
@@ -88,13 +89,63 @@ def test_reduced_system_matches_finite_differences():
     # back-substitution: dl = −(g_d + H_dx δx) / H_dd
     rng = np.random.default_rng(0)
     dx = rng.normal(0, 1e-2, nvar)
-    hdd_k, gd_k, weight_k = red.depth
-    dl = _core.lm_backsub(
-        *red.geo_args, hdd_k, gd_k, weight_k, np.ascontiguousarray(dx[fidx]),
-        np.ascontiguousarray(dx[eidx]),
-    )  # fmt: skip
+    # (the kernel recomputes the IRLS weights, H and g from the geometry with the same eps)
+    assert red.eps == pytest.approx(eps)
+    df, de = np.ascontiguousarray(dx[fidx]), np.ascontiguousarray(dx[eidx])
+    dl = _core.lm_backsub(*red.geo_args, df, de, eps=red.eps)
     dl_ref = -(gfull[nvar:] + hxd.T @ dx) / hdd
     np.testing.assert_allclose(dl.ravel() * norm, dl_ref * norm, rtol=1e-5, atol=1e-9)
+    # float32 problem: the same up to float32 rounding
+    data32 = data.astype(np.float32)
+    red32 = reduced_system(data32, {k: v.astype(np.float32) for k, v in params.items()}, ws=0.0)
+    dl32 = _core.lm_backsub(*red32.geo_args, df, de, eps=red32.eps)
+    assert dl32.dtype == np.float32
+    np.testing.assert_allclose(dl32, dl, rtol=1e-3, atol=1e-4 * np.abs(dl).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_features_match_numpy(dtype):
+    """``lm_cross_features`` (recomputed IRLS weights): rows ``W_j φ/√H`` of each frame's incident
+    (edge, side) pairs, equal to a NumPy evaluation at a non-zero residual, over any pixel range."""
+    data, params, _ = random_problem(n=4, h=3, w=4, seed=3, dtype=np.float64)
+    data.w_i[1, 0, 1] = data.w_j[2, 2, 3] = 0.0
+    n, e_count, hw = data.n_frames, len(data.edges), 12
+    geo = P.geometry(params, n)
+    _, _, nvar = variable_index(n, e_count, True)
+    r0 = _residuals(data, geo, n, np.zeros(nvar), np.zeros(n * hw))  # (E,2,HW,3)
+    eps = 1e-4 * float(np.median(np.exp(params["log_depth"][:, ::4, ::4])))
+    wts = np.stack([data.w_i, data.w_j], 1).reshape(e_count, 2, hw)
+    wirls = wts / np.maximum(np.linalg.norm(r0, axis=-1), eps)
+    ys, xs = np.divmod(np.arange(hw), 4)
+    d = np.exp(geo.depth_log.reshape(n, hw))
+    f = geo.focal[:, None]
+    c = np.stack([d * (xs - data.pp[:, :1]) / f, d * (ys - data.pp[:, 1:]) / f, d], -1)
+    a = np.einsum("nij,npj->npi", geo.rot, c)  # (N,HW,3)
+    a2 = (a * a).sum(-1)
+    hdd = np.zeros((n, hw))
+    for e, ij in enumerate(data.edges):
+        for side, v in enumerate(ij):
+            hdd[v] += wirls[e, side] * a2[v]
+    phi = np.concatenate([a, a2[..., None]], -1) / np.sqrt(hdd)[..., None]  # (N,HW,4)
+
+    data_t = data.astype(dtype)
+    red = reduced_system(data_t, {k: v.astype(dtype) for k, v in params.items()}, ws=0.0)
+    assert red.eps == pytest.approx(eps, rel=1e-6)
+    for v in range(n):
+        inc = [(e, s) for e, ij in enumerate(data.edges) for s in (0, 1) if ij[s] == v]
+        ref = np.concatenate([wirls[e, s][None] * phi[v].T for e, s in inc])  # (4k,HW)
+        x = _core.lm_cross_features(*red.geo_args, eps=red.eps, frame=v)
+        assert x.dtype == np.float32 and x.shape == (4 * len(inc), hw)
+        np.testing.assert_allclose(x, ref, rtol=1e-4 if dtype == np.float32 else 1e-6, atol=1e-6)
+        parts = [
+            _core.lm_cross_features(*red.geo_args, eps=red.eps, frame=v, p0=p0, p1=p1)
+            for p0, p1 in ((0, 5), (5, 11), (11, 12))
+        ]
+        np.testing.assert_array_equal(np.concatenate(parts, 1), x)
+    with pytest.raises(ValueError):
+        _core.lm_cross_features(*red.geo_args, eps=red.eps, frame=n)
+    with pytest.raises(ValueError):
+        _core.lm_cross_features(*red.geo_args, eps=red.eps, frame=0, p0=5, p1=5)
 
 
 def _problem(noise: bool, n_objects: int, n_frames: int = 10, size=(32, 48)):

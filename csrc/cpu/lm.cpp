@@ -63,10 +63,12 @@ inline void frame_jacobian(const double* a, const double* n, double* J) {
 }  // namespace
 
 template <typename T>
-void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& out) {
+void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs& out) {
   const int64_t n = pb.n_frames, e_count = pb.n_edges, hw = pb.height * pb.width;
   const double eps = eps_t;
   const Incident incident = incident_lists(pb);
+  size_t max_inc = 0;
+  for (const auto& inc : incident) max_inc = std::max(max_inc, inc.size());
   const int64_t chunks = (hw + kChunk - 1) / kChunk;
   const int64_t tasks = n * chunks;
   std::vector<double> frame_total(n * kLmFrameAcc, 0.0), edge_total(e_count * 2 * kLmEdgeAcc, 0.0);
@@ -77,6 +79,9 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& o
     std::vector<double> frame_acc(frame_total.size(), 0.0), edge_acc(edge_total.size(), 0.0);
     std::vector<double> pa(3 * kChunk), pn(3 * kChunk), ph(kChunk), pg(kChunk), pws(kChunk),
         pwr(3 * kChunk), pm(21 * kChunk);
+    // IRLS weights of the chunk, per incident (edge, side), rounded to T (as they used to be
+    // stored between the two sweeps)
+    std::vector<T> pw(max_inc * kChunk);
     double energy = 0.0;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
@@ -91,15 +96,16 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& o
         pwr[3 * q] = pwr[3 * q + 1] = pwr[3 * q + 2] = 0.0;
       }
       // pass 1: residuals, weights, per-pixel sums
-      for (const auto& [e, side] : incident[v]) {
+      for (size_t j = 0; j < incident[v].size(); ++j) {
+        const auto [e, side] = incident[v][j];
         const T* te = pb.edge_trans + 3 * e;
         const T* wts = pb.weight[side] + e * hw;
-        T* wout = out.weight + (2 * e + side) * hw;
+        T* wout = pw.data() + j * kChunk;
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t q = p - p0;
           const double wp = wts[p];
           if (wp == 0.0) {
-            wout[p] = T(0);
+            wout[q] = T(0);
             continue;
           }
           double b[3], r[3];
@@ -109,7 +115,7 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& o
           const double nr = std::sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
           energy += wp * nr;
           const double W = wp / std::max(nr, eps);
-          wout[p] = static_cast<T>(W);
+          wout[q] = static_cast<T>(W);
           ph[q] += W * (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]);
           pg[q] += W * (a[0] * r[0] + a[1] * r[1] + a[2] * r[2]);
           pws[q] += W;
@@ -142,13 +148,14 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& o
         for (int k = 0; k < 7; ++k) facc[28 + k] += J[k] * vr[0] + J[7 + k] * vr[1] + J[14 + k] * vr[2];
       }
       // pass 2: edge moments, frame–edge blocks, reduced edge gradient
-      for (const auto& [e, side] : incident[v]) {
+      for (size_t j = 0; j < incident[v].size(); ++j) {
+        const auto [e, side] = incident[v][j];
         const T* te = pb.edge_trans + 3 * e;
-        const T* wout = out.weight + (2 * e + side) * hw;
+        const T* wout = pw.data() + j * kChunk;
         double* acc = edge_acc.data() + (2 * e + side) * kLmEdgeAcc;
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t q = p - p0;
-          const double W = wout[p];
+          const double W = wout[q];
           if (W == 0.0) continue;
           const double H = ph[q];
           double b[3], r[3], u[7], wb[3];
@@ -186,12 +193,6 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& o
           acc[128] -= b[0] * vr[0] + b[1] * vr[1] + b[2] * vr[2];
         }
       }
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t q = p - p0;
-        out.hdd[v * hw + p] = static_cast<T>(ph[q]);
-        out.gd[v * hw + p] = static_cast<T>(pg[q]);
-        for (int k = 0; k < 3; ++k) out.apt[(v * hw + p) * 3 + k] = static_cast<T>(pa[3 * q + k]);
-      }
     }
 #pragma omp critical
     {
@@ -206,20 +207,24 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps_t, const LmOutputs<T>& o
 }
 
 template <typename T>
-void lm_backsub_cpu(const AlignProblem<T>& pb, const LmBacksub<T>& bs) {
+void lm_backsub_cpu(const AlignProblem<T>& pb, T eps_t, const LmBacksub<T>& bs) {
   const int64_t n = pb.n_frames, hw = pb.height * pb.width;
+  const double eps = eps_t;
   const Incident incident = incident_lists(pb);
   const int64_t chunks = (hw + kChunk - 1) / kChunk;
   const int64_t tasks = n * chunks;
 #pragma omp parallel
   {
-    std::vector<double> pa(3 * kChunk), ps(kChunk);
+    // per pixel: a, H, g, ΣW, a·(J_f δf), Σ_j W_j a·(J_e δe_j)
+    std::vector<double> pa(3 * kChunk), ph(kChunk), pg(kChunk), pws(kChunk), pf(kChunk),
+        pe(kChunk);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t v = task / chunks;
       const int64_t p0 = (task - v * chunks) * kChunk;
       const int64_t p1 = std::min(hw, p0 + kChunk);
       const double* df = bs.dframe + 7 * v;
+      const T* Tv = pb.trans + 3 * v;
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t q = p - p0;
         double nn[3], dx[3];
@@ -227,39 +232,150 @@ void lm_backsub_cpu(const AlignProblem<T>& pb, const LmBacksub<T>& bs) {
         pixel_geometry(pb, v, p, a, nn);
         cross(df, a, dx);
         for (int k = 0; k < 3; ++k) dx[k] += df[3 + k] + nn[k] * df[6];
-        double ws = 0.0;
-        for (const auto& [e, side] : incident[v]) ws += bs.weight[(2 * e + side) * hw + p];
-        ps[q] = ws * (a[0] * dx[0] + a[1] * dx[1] + a[2] * dx[2]);
+        pf[q] = a[0] * dx[0] + a[1] * dx[1] + a[2] * dx[2];
+        ph[q] = pg[q] = pws[q] = pe[q] = 0.0;
       }
       for (const auto& [e, side] : incident[v]) {
         const double* de = bs.dedge + 7 * e;
-        const T* wt = bs.weight + (2 * e + side) * hw;
+        const T* te = pb.edge_trans + 3 * e;
+        const T* wts = pb.weight[side] + e * hw;
         for (int64_t p = p0; p < p1; ++p) {
-          const double W = wt[p];
-          if (W == 0.0) continue;
+          const double wp = wts[p];
+          if (wp == 0.0) continue;
           const int64_t q = p - p0;
-          double b[3], bp[3];
+          double b[3], r[3], bp[3];
           edge_point(pb, e, side, p, b);
-          cross(b, de, bp);  // J_e δe = b × δφ − δt − b δs
           const double* a = &pa[3 * q];
+          // the IRLS weight exactly as lm_accumulate forms it
+          for (int k = 0; k < 3; ++k) r[k] = a[k] + Tv[k] - b[k] - te[k];
+          const double nr = std::sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+          const double Wx = wp / std::max(nr, eps);
+          ph[q] += Wx * (a[0] * a[0] + a[1] * a[1] + a[2] * a[2]);
+          pg[q] += Wx * (a[0] * r[0] + a[1] * r[1] + a[2] * r[2]);
+          const double W = static_cast<T>(Wx);
+          pws[q] += W;
+          cross(b, de, bp);  // J_e δe = b × δφ − δt − b δs
           double s = 0.0;
           for (int k = 0; k < 3; ++k) s += a[k] * (bp[k] - de[3 + k] - b[k] * de[6]);
-          ps[q] += W * s;
+          pe[q] += W * s;
         }
       }
       for (int64_t p = p0; p < p1; ++p) {
-        const double H = bs.hdd[v * hw + p];
-        bs.dl[v * hw + p] =
-            H > 0 ? static_cast<T>(-(bs.gd[v * hw + p] + ps[p - p0]) / H) : T(0);
+        const int64_t q = p - p0;
+        const double H = static_cast<T>(ph[q]), g = static_cast<T>(pg[q]);
+        bs.dl[v * hw + p] = H > 0 ? static_cast<T>(-(g + pws[q] * pf[q] + pe[q]) / H) : T(0);
       }
     }
   }
 }
 
-template void lm_accumulate_cpu<float>(const AlignProblem<float>&, float, const LmOutputs<float>&);
-template void lm_accumulate_cpu<double>(const AlignProblem<double>&, double,
-                                        const LmOutputs<double>&);
-template void lm_backsub_cpu<float>(const AlignProblem<float>&, const LmBacksub<float>&);
-template void lm_backsub_cpu<double>(const AlignProblem<double>&, const LmBacksub<double>&);
+// IRLS weights of one (edge, side) over a pixel chunk (branch-free, vectorisable): W[q] =
+// w/max(‖r‖, eps), 0 where w = 0, and H[q] += W‖a‖². a is given per component (ax, ay, az).
+template <typename T>
+struct WeightChunk {
+  const T* pts;  // (len, 3) predictions of the edge's side
+  const T* w;    // (len) confidence weights
+  const T* Re;   // edge rotation (3×3)
+  double s, eps;
+  double t[3];  // T_v − t_e
+  const double *ax, *ay, *az, *a2;
+  double* W;
+  double* H;
+  int64_t len;
+};
+
+template <typename T>
+inline void weight_chunk_body(const WeightChunk<T>& c) {
+  const double R0 = c.Re[0], R1 = c.Re[1], R2 = c.Re[2], R3 = c.Re[3], R4 = c.Re[4],
+               R5 = c.Re[5], R6 = c.Re[6], R7 = c.Re[7], R8 = c.Re[8];
+#pragma omp simd
+  for (int64_t q = 0; q < c.len; ++q) {
+    const double px = c.pts[3 * q], py = c.pts[3 * q + 1], pz = c.pts[3 * q + 2];
+    const double rx = c.ax[q] + c.t[0] - c.s * (R0 * px + R1 * py + R2 * pz);
+    const double ry = c.ay[q] + c.t[1] - c.s * (R3 * px + R4 * py + R5 * pz);
+    const double rz = c.az[q] + c.t[2] - c.s * (R6 * px + R7 * py + R8 * pz);
+    const double nr = std::sqrt(rx * rx + ry * ry + rz * rz);
+    const double wp = c.w[q];
+    const double W = wp == 0.0 ? 0.0 : wp / std::max(nr, c.eps);
+    c.W[q] = W;
+    c.H[q] += W * c.a2[q];
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MONST3R_LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MONST3R_LM_CLONES
+#endif
+
+MONST3R_LM_CLONES void weight_chunk(const WeightChunk<float>& c) { weight_chunk_body(c); }
+MONST3R_LM_CLONES void weight_chunk(const WeightChunk<double>& c) { weight_chunk_body(c); }
+
+template <typename T>
+void lm_cross_features_cpu(const AlignProblem<T>& pb, T eps_t, int64_t v, int64_t p0,
+                           int64_t p1, float* x) {
+  const int64_t hw = pb.height * pb.width, np = p1 - p0;
+  const double eps = eps_t;
+  std::vector<std::pair<int64_t, int>> inc;  // the order of incident_lists
+  for (int64_t e = 0; e < pb.n_edges; ++e) {
+    if (pb.edges[2 * e] == v) inc.emplace_back(e, 0);
+    if (pb.edges[2 * e + 1] == v) inc.emplace_back(e, 1);
+  }
+  const int64_t k = static_cast<int64_t>(inc.size());
+  const int64_t chunks = (np + kChunk - 1) / kChunk;
+  const T* Tv = pb.trans + 3 * v;
+#pragma omp parallel
+  {
+    std::vector<double> pa(4 * kChunk), ph(kChunk), pw(k * kChunk);
+    double *ax = pa.data(), *ay = ax + kChunk, *az = ay + kChunk, *a2 = az + kChunk;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t c0 = p0 + c * kChunk, c1 = std::min(p1, c0 + kChunk), len = c1 - c0;
+      for (int64_t p = c0; p < c1; ++p) {
+        const int64_t q = p - c0;
+        double a[3], nn[3];
+        pixel_geometry(pb, v, p, a, nn);
+        ax[q] = a[0], ay[q] = a[1], az[q] = a[2];
+        a2[q] = a[0] * a[0] + a[1] * a[1] + a[2] * a[2];
+        ph[q] = 0.0;
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const auto [e, side] = inc[j];
+        WeightChunk<T> wc{pb.pts[side] + (e * hw + c0) * 3,
+                          pb.weight[side] + e * hw + c0,
+                          pb.edge_rot + 9 * e,
+                          static_cast<double>(pb.edge_scale[e]),
+                          eps,
+                          {static_cast<double>(Tv[0]) - pb.edge_trans[3 * e],
+                           static_cast<double>(Tv[1]) - pb.edge_trans[3 * e + 1],
+                           static_cast<double>(Tv[2]) - pb.edge_trans[3 * e + 2]},
+                          ax, ay, az, a2, pw.data() + j * kChunk, ph.data(), len};
+        weight_chunk(wc);
+      }
+      for (int64_t q = 0; q < len; ++q) ph[q] = ph[q] > 0 ? 1.0 / std::sqrt(ph[q]) : 0.0;
+      for (int64_t j = 0; j < k; ++j) {
+        const double* w = pw.data() + j * kChunk;
+        float* dst = x + 4 * j * np + (c0 - p0);
+        for (int64_t q = 0; q < len; ++q) {
+          const double wi = w[q] * ph[q];
+          dst[q] = static_cast<float>(wi * ax[q]);
+          dst[np + q] = static_cast<float>(wi * ay[q]);
+          dst[2 * np + q] = static_cast<float>(wi * az[q]);
+          dst[3 * np + q] = static_cast<float>(wi * a2[q]);
+        }
+      }
+    }
+  }
+}
+
+template void lm_accumulate_cpu<float>(const AlignProblem<float>&, float, const LmOutputs&);
+template void lm_accumulate_cpu<double>(const AlignProblem<double>&, double, const LmOutputs&);
+template void lm_backsub_cpu<float>(const AlignProblem<float>&, float, const LmBacksub<float>&);
+template void lm_backsub_cpu<double>(const AlignProblem<double>&, double,
+                                     const LmBacksub<double>&);
+template void lm_cross_features_cpu<float>(const AlignProblem<float>&, float, int64_t, int64_t,
+                                           int64_t, float*);
+template void lm_cross_features_cpu<double>(const AlignProblem<double>&, double, int64_t, int64_t,
+                                            int64_t, float*);
 
 }  // namespace monst3r

@@ -9,7 +9,7 @@
 // IRLS weight W = w / max(‖r‖, eps). The per-pixel depth is eliminated by the Schur complement:
 // with H = Σ_j W_j‖a‖² (the depth's diagonal) the kernel accumulates, per frame, per (edge,
 // side) and per edge, the exact blocks of the reduced system except the coupling between two
-// different edges through a shared depth (returned as per-residual weights, see lm.py).
+// different edges through a shared depth (formed in lm.py from lm_cross_features).
 #pragma once
 
 #include <cstdint>
@@ -26,31 +26,35 @@ constexpr int kLmEdgeAcc = 129;
 // Per frame: [0..27] upper 7×7 of ΣWsum J_fᵀ(I − κaaᵀ)J_f, [28..34] reduced gradient.
 constexpr int kLmFrameAcc = 35;
 
-template <typename T>
+// Nothing per pixel or per residual is stored: the back-substitution and the cross-edge features
+// recompute W, H and g from the geometry (same eps), so the kernels' outputs are O(N + E).
 struct LmOutputs {
   double* energy;     // Σ w‖r‖ (not normalised)
-  T* hdd;             // (N,HW) H = Σ W‖a‖²
-  T* gd;              // (N,HW) g = Σ W a·r
-  T* apt;             // (N,HW,3) a = R_v c
-  T* weight;          // (E,2,HW) IRLS weights W
   double* frame_acc;  // (N, kLmFrameAcc)
   double* edge_acc;   // (E, 2, kLmEdgeAcc)
 };
 
-// Back-substitution: dl (N,HW) = −(g + Σ_j W_j a·(J_f δf + J_e δe_j)) / H.
+// Back-substitution: dl (N,HW) = −(g + Σ_j W_j a·(J_f δf + J_e δe_j)) / H, with W, H = ΣW‖a‖² and
+// g = ΣW a·r recomputed per pixel exactly as lm_accumulate forms them (W rounded to T as it is in
+// the accumulation's second sweep, H and g rounded to T).
 template <typename T>
 struct LmBacksub {
-  const T* hdd;
-  const T* gd;
-  const T* weight;
   const double* dframe;  // (N,7) θ, T, logf
   const double* dedge;   // (E,7) φ, t, s
   T* dl;                 // (N,HW)
 };
 
+// Features of the cross-edge coupling of frame v over pixels [p0, p1): for the j-th incident
+// (edge, side) of v (edges in increasing order; an edge is incident to v through one side),
+//   x[(4j + c)·(p1 − p0) + p − p0] = W_j(p) φ_c(p) / √H(p),  φ = (a, ‖a‖²),  0 where H = 0,
+// as float32 (the coupling is one float32 GEMM x xᵀ, see lm.py). x must hold 4·k·(p1 − p0)
+// floats, k = the number of incident (edge, side) pairs of v.
 template <typename T>
-void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps, const LmOutputs<T>& out);
+void lm_accumulate_cpu(const AlignProblem<T>& pb, T eps, const LmOutputs& out);
 template <typename T>
-void lm_backsub_cpu(const AlignProblem<T>& pb, const LmBacksub<T>& bs);
+void lm_backsub_cpu(const AlignProblem<T>& pb, T eps, const LmBacksub<T>& bs);
+template <typename T>
+void lm_cross_features_cpu(const AlignProblem<T>& pb, T eps, int64_t v, int64_t p0, int64_t p1,
+                           float* x);
 
 }  // namespace monst3r
