@@ -2,7 +2,7 @@
 HoloLens RGB-D sequence in ``../shared/data`` (80 real handheld frames, measured depth and
 poses), rendered with ``monst3r_rt.viewer.render_png`` (what ``monst3r-rt view OUT --png`` does).
 
-    python benchmarks/render_real_clip.py [--data ../shared/data] [--out docs/viewer_hololens.png]
+    python benchmarks/render_real_clip.py [--data ../shared/data] [--out docs/viewer_hololens.jpg]
 
 It exercises the output folder and the viewer on real geometry without network weights (none can
 be downloaded here); with the official weights, ``monst3r-rt run`` produces the same kind of folder.
@@ -23,7 +23,7 @@ def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.path.join(here, "..", "..", "shared", "data"))
-    parser.add_argument("--out", default=os.path.join(here, "..", "docs", "viewer_hololens.png"))
+    parser.add_argument("--out", default=os.path.join(here, "..", "docs", "viewer_hololens.jpg"))
     parser.add_argument("--step", type=int, default=2, help="use every k-th frame")
     args = parser.parse_args()
 

@@ -31,6 +31,9 @@ _LAZY: dict[str, str] = {
     "compute_flow": "flow",
     "ego_flow": "egoflow",
     "dynamic_masks": "masks",
+    # the main job
+    "Pipeline": "pipeline",
+    "Reconstruction": "reconstruction",
     # kernels
     "depth_to_points": "geometry",
 }
