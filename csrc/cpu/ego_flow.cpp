@@ -18,8 +18,8 @@ void ego_flow_cpu(const EgoFlowProblem& pb) {
 #pragma omp simd
     for (int64_t x = 0; x < w; ++x) {
       float p[3], a[3], q[3], ego[2];
-      ego_flow_pixel(static_cast<float>(x), y, d[x], fs, cxs, cys, ft, cxt, cyt, R, t, p, a, q,
-                     ego);
+      const float disp = 1.0f / (d[x] + 1e-6f);
+      ego_flow_pixel(static_cast<float>(x), y, disp, fs, cxs, cys, ft, cxt, cyt, R, t, p, a, q, ego);
       if (pb.flow) {
         pb.flow[off + x] = ego[0];
         pb.flow[off + hw + x] = ego[1];

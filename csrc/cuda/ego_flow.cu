@@ -13,7 +13,8 @@ __global__ void ego_flow_kernel(EgoFlowProblem pb) {
     const int64_t m = idx / hw, pix = idx - m * hw;
     const float y = static_cast<float>(pix / pb.width), x = static_cast<float>(pix % pb.width);
     float p[3], a[3], q[3], ego[2];
-    ego_flow_pixel(x, y, pb.depth[idx], pb.focal_src[m], pb.pp_src[2 * m], pb.pp_src[2 * m + 1],
+    const float disp = 1.0f / (pb.depth[idx] + 1e-6f);
+    ego_flow_pixel(x, y, disp, pb.focal_src[m], pb.pp_src[2 * m], pb.pp_src[2 * m + 1],
                    pb.focal_tgt[m], pb.pp_tgt[2 * m], pb.pp_tgt[2 * m + 1], pb.rot + 9 * m,
                    pb.trans + 3 * m, p, a, q, ego);
     const int64_t off = m * 2 * hw + pix;

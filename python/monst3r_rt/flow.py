@@ -59,6 +59,12 @@ def _check_edges(edges: Any, n: int) -> np.ndarray:
     return edges
 
 
+def _dis_preset(preset: str) -> int:
+    if preset not in DIS_PRESETS:
+        raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
+    return DIS_PRESETS[preset]
+
+
 def dis_flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.ndarray:
     """DIS flow of a batch of ordered pairs.
 
@@ -69,9 +75,7 @@ def dis_flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.nda
     Returns:
         (B,2,H,W) float32 flow src → dst in pixels.
     """
-    if preset not in DIS_PRESETS:
-        raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
-    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    dis = cv2.DISOpticalFlow_create(_dis_preset(preset))
     out = np.empty((len(src), 2, *src.shape[1:3]), np.float32)
     for b, (a, c) in enumerate(zip(src, dst, strict=True)):
         ga = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
@@ -152,8 +156,7 @@ def _flow_fn(method: str | FlowFn, preset: str, weights: Any, device: str) -> Fl
     if callable(method):
         return method
     if method == "dis":
-        if preset not in DIS_PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
+        _dis_preset(preset)  # fail before any work
         return lambda a, b: dis_flow(a, b, preset)
     if method == "raft":
         if weights is None:

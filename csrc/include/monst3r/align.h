@@ -82,9 +82,9 @@ template <typename T, typename A>
 MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
                            const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
                            T* count, A* acc, T* g_logd) {
-  T p[3], a[3], q[3], ego[2];
-  const T zinv = ego_flow_pixel(x, y, d, fs, cxs, cys, ft, cxt, cyt, Rrel, trel, p, a, q, ego);
   const T s = T(1) / (d + T(1e-6));
+  T p[3], a[3], q[3], ego[2];
+  const T zinv = ego_flow_pixel(x, y, s, fs, cxs, cys, ft, cxt, cyt, Rrel, trel, p, a, q, ego);
   const T meas[2] = {meas_x, meas_y};
   T loss = T(0), g[2];
   for (int c = 0; c < 2; ++c) {  // branch-free (selects only) so that CPU loops vectorise

@@ -7,18 +7,19 @@
 
 namespace monst3r {
 
-// Pixel (x, y) of the source view s with z-depth d, relative pose (R_rel, t_rel) mapping camera s
-// to camera t (X_t = R_rel X_s + t_rel, R_rel row-major):
-//   p = K_s⁻¹ (x, y, 1),  a = R_rel p + t_rel / (d + 1e-6),  q = K_t a,
+// Pixel (x, y) of the source view s with disparity disp = 1/(D + 1e-6) (z-depth D; the official
+// code warps by this disparity), relative pose (R_rel, t_rel) mapping camera s to camera t
+// (X_t = R_rel X_s + t_rel, R_rel row-major):
+//   p = K_s⁻¹ (x, y, 1),  a = R_rel p + disp·t_rel,  q = K_t a,
 //   ego = (q_x, q_y) / (q_z + 1e-6) − (x, y).
 // Writes p, a, q and ego; returns 1/(q_z + 1e-6) (the backward pass of the flow term needs it).
 template <typename T>
-MONST3R_HD T ego_flow_pixel(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
+MONST3R_HD T ego_flow_pixel(T x, T y, T disp, T fs, T cxs, T cys, T ft, T cxt, T cyt,
                             const T* Rrel, const T* trel, T* p, T* a, T* q, T* ego) {
   p[0] = (x - cxs) / fs;
   p[1] = (y - cys) / fs;
   p[2] = T(1);
-  const T s = T(1) / (d + T(1e-6));
+  const T s = disp;
   for (int k = 0; k < 3; ++k)
     a[k] = Rrel[3 * k] * p[0] + Rrel[3 * k + 1] * p[1] + Rrel[3 * k + 2] * p[2] + s * trel[k];
   q[0] = ft * a[0] + cxt * a[2];
