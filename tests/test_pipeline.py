@@ -223,3 +223,16 @@ def test_rerun_recording_headless(recon, tmp_path):
     view(recon, save=tmp_path / "rec.rrd")
     data = (tmp_path / "rec.rrd").read_bytes()
     assert data[:4] == b"RRF2" and len(data) > recon.frames.nbytes // 4  # the images are in it
+
+
+def test_default_weights_offline_names_the_option(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(*_a, **_k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    from monst3r_rt.network import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"--weights PATH"):
+        Pipeline(device="cpu").network()
