@@ -20,7 +20,6 @@ from ._progress import progress as _progress
 if TYPE_CHECKING:
     import torch
 
-    from .network import PointmapNet
 
 _FIELDS = ("edges", "pts_i", "pts_j", "conf_i", "conf_j")
 
@@ -123,7 +122,7 @@ def _check_pairs(pairs: Sequence[tuple[int, int]] | np.ndarray, n: int) -> np.nd
 
 
 def infer_pairs(
-    net: PointmapNet,
+    net: Any,
     frames: Any,
     pairs: Sequence[tuple[int, int]] | np.ndarray,
     batch_size: int = 16,
@@ -133,26 +132,27 @@ def infer_pairs(
     """Run the network on every pair, encoding each frame once.
 
     Args:
-        net: a :class:`PointmapNet` (its dtype is used for the images).
+        net: a :class:`PointmapNet` (run in PyTorch, float32, on ``device``) or any
+            :class:`~monst3r_rt.deploy.backends.Backend` (torch in fp16/bf16, onnxruntime,
+            TensorRT).
         frames: :class:`~monst3r_rt.frames.Frames`, or (N,3,H,W) float images in [-1, 1].
         pairs: E ordered pairs (i, j), e.g. from :func:`~monst3r_rt.pairs.make_pairs`.
         batch_size: frames per encoder batch and pairs per decoder batch.
-        device: torch device string, e.g. ``"cpu"`` or ``"cuda"``.
+        device: torch device string for a bare network, e.g. ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar (tqdm) while encoding and decoding.
 
     Returns:
         :class:`PairwisePredictions` with numpy float32 arrays on the host.
     """
-    import torch
+    from .deploy.backends import as_backend
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    images = _as_image_tensor(frames)
+    images = _as_image_tensor(frames).detach().cpu().float().numpy()
     n, _, h, w = images.shape
     edges = _check_pairs(pairs, n)
-    dtype = next(net.parameters()).dtype
-    dev = torch.device(device)
-    net = net.to(dev).eval()
+    backend = as_backend(net, device)
+    backend.check_size((h, w))
 
     used = np.unique(edges)
     slot = np.full(n, -1, dtype=np.int64)
@@ -164,20 +164,18 @@ def infer_pairs(
         "conf_i": np.empty((e, h, w), np.float32),
         "conf_j": np.empty((e, h, w), np.float32),
     }
-    with torch.inference_mode():
-        tokens = []
-        starts = range(0, len(used), batch_size)
-        for s in _progress(starts, len(starts), "encode frames", progress):
-            idx = torch.from_numpy(used[s : s + batch_size])
-            tokens.append(net.encode(images[idx].to(dev, dtype)))
-        feats = torch.cat(tokens)
-        del tokens
-        starts = range(0, e, batch_size)
-        for s in _progress(starts, len(starts), "decode pairs", progress):
-            b = edges[s : s + batch_size]
-            fi = feats[torch.from_numpy(slot[b[:, 0]]).to(dev)]
-            fj = feats[torch.from_numpy(slot[b[:, 1]]).to(dev)]
-            res = net.decode(fi, fj, (h, w))
-            for name, t in zip(("pts_i", "conf_i", "pts_j", "conf_j"), res, strict=True):
-                out[name][s : s + len(b)] = t.float().cpu().numpy()
+    tokens = []
+    starts = range(0, len(used), batch_size)
+    for s in _progress(starts, len(starts), "encode frames", progress):
+        tokens.append(backend.encode(images[used[s : s + batch_size]]))
+    feats = backend.cat(tokens)
+    del tokens
+    starts = range(0, e, batch_size)
+    for s in _progress(starts, len(starts), "decode pairs", progress):
+        b = edges[s : s + batch_size]
+        fi = backend.take(feats, slot[b[:, 0]])
+        fj = backend.take(feats, slot[b[:, 1]])
+        res = backend.decode(fi, fj, (h, w))
+        for name, t in zip(("pts_i", "conf_i", "pts_j", "conf_j"), res, strict=True):
+            out[name][s : s + len(b)] = t
     return PairwisePredictions(edges=edges, **out)

@@ -25,10 +25,25 @@ __all__ = [
     "Block",
     "DecoderBlock",
     "LAYER_NORM_EPS",
+    "LayerNorm",
 ]
 
 #: CroCo builds every LayerNorm with ``partial(nn.LayerNorm, eps=1e-6)``.
 LAYER_NORM_EPS = 1e-6
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` whose statistics are computed in float32 when the model runs in float16 /
+    bfloat16 (mixed-precision export keeps them in FP32); identical to ``nn.LayerNorm`` in
+    float32, with the same state-dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        y = torch.nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+        return y.to(x.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -155,7 +170,7 @@ def _attend(
     if fused:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     attn = (q @ k.transpose(-2, -1)) * scale
-    attn = attn.softmax(dim=-1)
+    attn = attn.float().softmax(dim=-1).to(v.dtype)  # softmax statistics in FP32 (no-op in fp32)
     return attn @ v
 
 
@@ -223,9 +238,9 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm1 = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm2 = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -244,15 +259,13 @@ class DecoderBlock(nn.Module):
         self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_mem: bool = True
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm1 = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
         self.cross_attn = CrossAttention(dim, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.norm3 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm2 = LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm3 = LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.norm_y: nn.Module = (
-            nn.LayerNorm(dim, eps=LAYER_NORM_EPS) if norm_mem else nn.Identity()
-        )
+        self.norm_y: nn.Module = LayerNorm(dim, eps=LAYER_NORM_EPS) if norm_mem else nn.Identity()
 
     def forward(
         self,

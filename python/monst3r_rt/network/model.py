@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import LAYER_NORM_EPS, Block, DecoderBlock, PatchEmbed, RoPE2D
+from .blocks import LAYER_NORM_EPS, Block, DecoderBlock, LayerNorm, PatchEmbed, RoPE2D
 from .heads import CONF_MODES, DEPTH_MODES, DPTHead, LinearHead
 
 __all__ = ["PointmapNet", "DEFAULT_KWARGS", "MONST3R_KWARGS", "OFFICIAL_CLASS_NAME"]
@@ -224,7 +224,7 @@ class PointmapNet(nn.Module):
         self.enc_blocks = nn.ModuleList(
             [Block(enc_dim, enc_heads, mlp_ratio) for _ in range(enc_depth)]
         )
-        self.enc_norm = nn.LayerNorm(enc_dim, eps=LAYER_NORM_EPS)
+        self.enc_norm = LayerNorm(enc_dim, eps=LAYER_NORM_EPS)
         # Unused at inference; kept because it is part of the official state dict.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
         self.decoder_embed = nn.Linear(enc_dim, dec_dim, bias=True)
@@ -233,7 +233,7 @@ class PointmapNet(nn.Module):
         self.dec_blocks = nn.ModuleList(
             [DecoderBlock(dec_dim, dec_heads, mlp_ratio, norm_mem) for _ in range(dec_depth)]
         )
-        self.dec_norm = nn.LayerNorm(dec_dim, eps=LAYER_NORM_EPS)
+        self.dec_norm = LayerNorm(dec_dim, eps=LAYER_NORM_EPS)
         self.dec_blocks2 = nn.ModuleList(
             [DecoderBlock(dec_dim, dec_heads, mlp_ratio, norm_mem) for _ in range(dec_depth)]
         )

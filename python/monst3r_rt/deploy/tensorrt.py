@@ -1,0 +1,231 @@
+"""Everything that touches TensorRT, in one module, imported only when used.
+
+Engines are built strongly typed from the exported ONNX graphs (precision lives in the graph), with
+one optimisation profile in which only the batch is dynamic, and cached on disk under a key of
+(TensorRT version, GPU SM, resolution, batch range, precision, ONNX hash): any change rebuilds.
+Only APIs present in both TensorRT 10.3 (JetPack 6) and 11.x are used: ``STRONGLY_TYPED`` by
+name (its number differs between majors), ``parse_from_file`` (finds external weights),
+``set_memory_pool_limit``, ``build_serialized_network``, ``set_input_shape`` /
+``set_tensor_address`` / ``execute_async_v3``. torch owns every buffer and the stream.
+
+TensorRT cannot be installed on the machines this project is developed on (it comes from NVIDIA's
+own index, or JetPack); this module is type-checked there with ``tensorrt-stubs`` and its tests
+skip with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .backends import Backend, Outputs
+from .export import DECODER, ENCODER, Manifest, file_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorrt as trt
+
+__all__ = ["tensorrt_available", "engine_cache_key", "build_engines", "TensorRTBackend"]
+
+
+def _import_trt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise RuntimeError(
+            "TensorRT is not installed: pip install 'monst3r-rt[trt]' (NVIDIA's index) or use "
+            "JetPack's; or pick backend 'onnxruntime' / 'torch'"
+        ) from exc
+    return trt
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """Whether TensorRT and a CUDA GPU (through torch) are usable here, and why not."""
+    try:
+        _import_trt()
+    except RuntimeError as exc:
+        return False, str(exc)
+    try:
+        import torch
+    except ImportError:
+        return False, "the TensorRT backend needs torch with CUDA for its buffers and stream"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible to torch"
+    return True, ""
+
+
+def engine_cache_key(trt_version: str, sm: str, manifest: Manifest, graph: str,
+                     batch: tuple[int, int, int], onnx_hash: str) -> str:  # fmt: skip
+    """A short hex key naming one engine: any component that changes gives another key."""
+    parts = {"trt": trt_version, "sm": sm, "hw": [manifest.height, manifest.width],
+             "precision": manifest.precision, "graph": graph, "batch": list(batch),
+             "onnx": onnx_hash}  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _gpu_sm() -> str:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"sm_{major}{minor}"
+
+
+def _engine_path(folder: str, graph: str, key: str) -> str:
+    return os.path.join(folder, f"{graph.removesuffix('.onnx')}.{key}.engine")
+
+
+def build_engines(
+    folder: str | os.PathLike[str],
+    workspace_gib: float = 2.0,
+    max_batch: int = 16,
+    timing_cache: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> dict[str, str]:
+    """Build (or find in the cache) the encoder and decoder engines of an export folder.
+
+    Args:
+        folder: written by ``monst3r-rt export``.
+        workspace_gib: builder workspace (keep 1–2 GiB on Jetson, whose GPU shares DRAM).
+        max_batch: largest batch of the profile (min 1, opt ``max_batch // 2``).
+        timing_cache: a file to read and update (speeds up rebuilds); default inside ``folder``.
+        force: rebuild even when a cached engine matches.
+
+    Returns:
+        ``{graph: engine path}``.
+    """
+    trt = _import_trt()
+    folder = os.fspath(folder)
+    manifest = Manifest.load(folder)
+    logger = trt.Logger(trt.Logger.WARNING)
+    sm = _gpu_sm()
+    batch = (1, max(1, max_batch // 2), max_batch)
+    cache_path = os.fspath(timing_cache or os.path.join(folder, "timing.cache"))
+    out = {}
+    for graph in (ENCODER, DECODER):
+        onnx_path = os.path.join(folder, graph)
+        key = engine_cache_key(trt.__version__, sm, manifest, graph, batch, file_sha256(onnx_path))
+        path = _engine_path(folder, graph, key)
+        out[graph] = path
+        if os.path.isfile(path) and not force:
+            continue
+        builder = trt.Builder(logger)
+        flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flag)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(onnx_path):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            rest = tuple(tensor.shape)[1:]
+            profile.set_shape(tensor.name, (batch[0], *rest), (batch[1], *rest), (batch[2], *rest))
+        config.add_optimization_profile(profile)
+        cache_bytes = b""
+        if os.path.isfile(cache_path):
+            with open(cache_path, "rb") as f:
+                cache_bytes = f.read()
+        cache = config.create_timing_cache(cache_bytes)
+        config.set_timing_cache(cache, ignore_mismatch=True)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError(f"{onnx_path}: the TensorRT build failed (see the log above)")
+        _write_atomic(path, bytes(serialized))
+        _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    return out
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.partial-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class _Engine:
+    """One deserialised engine with its execution context and torch-owned output buffers,
+    preallocated per batch size."""
+
+    def __init__(self, trt: Any, runtime: trt.Runtime, path: str):
+        with open(path, "rb") as f:
+            self.engine = runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise RuntimeError(f"{path}: cannot deserialise (built by another TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self._buffers: dict[int, dict[str, Any]] = {}
+
+    def run(self, feeds: dict[str, Any], stream: Any) -> dict[str, Any]:
+        import torch
+
+        b = int(next(iter(feeds.values())).shape[0])
+        for name, x in feeds.items():
+            self.context.set_input_shape(name, tuple(x.shape))
+            self.context.set_tensor_address(name, int(x.data_ptr()))
+        if b not in self._buffers:
+            self._buffers[b] = {
+                n: torch.empty(
+                    tuple(self.context.get_tensor_shape(n)), dtype=torch.float32, device="cuda"
+                )  # fmt: skip
+                for n in self.outputs
+            }
+        outs = self._buffers[b]
+        for name, buf in outs.items():
+            self.context.set_tensor_address(name, int(buf.data_ptr()))
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        return outs
+
+
+class TensorRTBackend(Backend):
+    """Engines of an export folder (built on first use, then cached) on the current CUDA device.
+
+    Tokens stay on the GPU as torch tensors; every enqueue goes on one torch stream.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], max_batch: int = 16):
+        ok, why = tensorrt_available()
+        if not ok:
+            raise RuntimeError(f"backend 'tensorrt' is not usable here: {why}")
+        import torch
+
+        trt = _import_trt()
+        self.torch = torch
+        self.manifest = Manifest.load(folder)
+        self.image_size = (self.manifest.height, self.manifest.width)
+        paths = build_engines(folder, max_batch=max_batch)
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # outlives the engines
+        self.encoder = _Engine(trt, self.runtime, paths[ENCODER])
+        self.decoder = _Engine(trt, self.runtime, paths[DECODER])
+        self.stream = torch.cuda.Stream()
+        self.name = f"tensorrt-{_gpu_sm()}-{self.manifest.precision}"
+
+    def encode(self, images: np.ndarray) -> Any:
+        self.check_size(images.shape[2:4])
+        x = self.torch.as_tensor(np.ascontiguousarray(images, np.float32)).cuda()
+        with self.torch.cuda.stream(self.stream):
+            out = self.encoder.run({"images": x}, self.stream)["tokens"].clone()
+        self.stream.synchronize()
+        return out
+
+    def decode(self, tokens1: Any, tokens2: Any, image_size: tuple[int, int]) -> Outputs:
+        self.check_size(image_size)
+        feeds = {"tokens1": tokens1.contiguous(), "tokens2": tokens2.contiguous()}
+        with self.torch.cuda.stream(self.stream):
+            out = self.decoder.run(feeds, self.stream)
+        self.stream.synchronize()
+        return tuple(out[n].cpu().numpy() for n in ("pts1", "conf1", "pts2", "conf2"))  # type: ignore[return-value]
+
+    def cat(self, tokens: list[Any]) -> Any:
+        return self.torch.cat(tokens)
+
+    def take(self, tokens: Any, index: np.ndarray) -> Any:
+        return tokens[self.torch.from_numpy(np.asarray(index, np.int64)).cuda()]
