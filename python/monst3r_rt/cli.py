@@ -83,6 +83,52 @@ def _view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` (as on the command line) → ``(H, W)``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 512x288, got {text!r}") from None
+    return h, w
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ._atomic import check_output_dir
+    from .deploy.export import export_onnx, format_table
+    from .network import load_model
+    from .pipeline import OFFICIAL_WEIGHTS, weights_fingerprint
+
+    check_output_dir(args.output, args.overwrite)
+    source = args.weights or OFFICIAL_WEIGHTS
+    net = load_model(source)
+    m = export_onnx(net, args.output, args.size, precision=args.precision, opset=args.opset,
+                    weights=source, weights_hash=weights_fingerprint(source),
+                    overwrite=args.overwrite)  # fmt: skip
+    print(f"exported {m.width}x{m.height} {m.precision} (opset {m.opset}) to {args.output}")
+    print(format_table(m.validation))
+    return 0
+
+
+def _build_engine(args: argparse.Namespace) -> int:
+    from .deploy.tensorrt import build_engines
+
+    paths = build_engines(args.folder, workspace_gib=args.workspace, max_batch=args.max_batch,
+                          timing_cache=args.timing_cache, force=args.force)  # fmt: skip
+    for graph, path in paths.items():
+        print(f"{graph:<13} {path}")
+    return 0
+
+
+def _verify_engine(args: argparse.Namespace) -> int:
+    from .deploy.export import compare_to_golden, format_table
+    from .deploy.tensorrt import TensorRTBackend
+
+    table = compare_to_golden(args.folder, TensorRTBackend(args.folder))
+    print(f"{table['runtime']} vs {table['reference']}")
+    print(format_table(table))
+    return 0 if table["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monst3r-rt", description="MonST3R 4D reconstruction from video, accelerated."
@@ -121,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
     viewp.add_argument("--png", help="render a still image (no display, no extra dependency)")
     viewp.add_argument("--frame", type=int, help="frame whose moving points the still shows")
     viewp.set_defaults(func=_view)
+
+    exp = sub.add_parser("export", help="export the network to ONNX (encoder + decoder graphs)")
+    exp.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
+    exp.add_argument("--size", type=_size, default=(288, 512), help="WxH, e.g. 512x288")
+    exp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    exp.add_argument("--opset", type=int, default=17)
+    exp.add_argument("-o", "--output", required=True, help="engine folder, e.g. engines/512x288")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=_export)
+
+    build = sub.add_parser("build-engine", help="build TensorRT engines of an export (GPU)")
+    build.add_argument("folder")
+    build.add_argument("--workspace", type=float, default=2.0, help="GiB")
+    build.add_argument("--max-batch", type=int, default=16)
+    build.add_argument("--timing-cache", help="timing cache file (default: in the folder)")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.set_defaults(func=_build_engine)
+
+    verify = sub.add_parser("verify-engine", help="replay the export's golden outputs (GPU)")
+    verify.add_argument("folder")
+    verify.set_defaults(func=_verify_engine)
     return parser
 
 

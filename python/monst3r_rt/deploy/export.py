@@ -30,6 +30,7 @@ PRECISIONS = {"fp32": "float32", "fp16": "float16"}
 # bf16: ONNX Conv accepts bfloat16 only from opset 22, which the TorchScript exporter cannot write;
 # a bf16 graph at opset 17 is invalid ONNX. bf16 runs through the torch backend instead.
 ENCODER, DECODER, MANIFEST = "encoder.onnx", "decoder.onnx", "manifest.json"
+GOLDEN = "golden_onnxrt.npz"  # fixed inputs and onnxruntime's outputs, replayed by verify-engine
 # validation tolerances (issue: fp32 max relative error; fp16/bf16 mean absolute error on pts)
 FP32_MAX_REL = 1e-4
 LOW_MEAN_ABS = 1e-2
@@ -244,6 +245,7 @@ def validate_export(net: Any, folder: str, manifest: Manifest, batch: int = 2) -
     }
     low = manifest.precision != "fp32"
     rows: list[dict[str, Any]] = []
+    golden_ort: dict[str, np.ndarray] = {}
     ok = True
     t0 = time.perf_counter()
     for graph in (ENCODER, DECODER):
@@ -260,6 +262,8 @@ def validate_export(net: Any, folder: str, manifest: Manifest, batch: int = 2) -
         with _polygraphy_quiet():
             Comparator.compare_accuracy(results, compare_func=compare)
         got = results[0][1][0]
+        golden_ort.update({f"in.{k}": v for k, v in feeds[graph].items()})
+        golden_ort.update({f"out.{k}": np.asarray(got[k]) for k in golden[graph]})
         for name, r in golden[graph].items():
             row = {"graph": graph, **_error_row(name, np.asarray(got[name]), r)}
             if low:
@@ -268,11 +272,51 @@ def validate_export(net: Any, folder: str, manifest: Manifest, batch: int = 2) -
                 row["pass"] = row["max_rel"] <= FP32_MAX_REL
             ok &= bool(row["pass"])
             rows.append(row)
+    np.savez(os.path.join(folder, GOLDEN), **golden_ort)
     table = {"reference": "PyTorch float32", "runtime": "onnxruntime CPU (polygraphy)",
              "seconds": time.perf_counter() - t0, "rows": rows, "passed": ok}  # fmt: skip
     if not ok:
         raise ValueError(f"{folder}: exported graphs differ from PyTorch:\n{format_table(table)}")
     return table
+
+
+def compare_to_golden(folder: str | os.PathLike[str], backend: Any) -> dict[str, Any]:
+    """Replay the export's fixed inputs through ``backend`` (e.g. TensorRT engines) and compare
+    with the onnxruntime outputs saved at export (same tolerances as the export's validation)."""
+    folder = os.fspath(folder)
+    manifest = Manifest.load(folder)
+    with np.load(os.path.join(folder, GOLDEN)) as g:
+        gold = {k: g[k] for k in g.files}
+    size = (manifest.height, manifest.width)
+    tokens = np.asarray(_host(backend.encode(gold["in.images"])))
+    t1, t2 = (_device_like(backend, gold[f"in.{n}"]) for n in ("tokens1", "tokens2"))
+    outs = backend.decode(t1, t2, size)
+    got = {"tokens": tokens, **dict(zip(["pts1", "conf1", "pts2", "conf2"], outs, strict=True))}
+    low = manifest.precision != "fp32"
+    rows, ok = [], True
+    for name, value in got.items():
+        graph = ENCODER if name == "tokens" else DECODER
+        row = {"graph": graph, **_error_row(name, np.asarray(value), gold[f"out.{name}"])}
+        # fp32 engines may use TF32 matmuls (TensorRT's default): 10x the export tolerance
+        limit = row["mean_abs"] <= LOW_MEAN_ABS if low else row["max_rel"] <= 10 * FP32_MAX_REL
+        row["pass"] = limit
+        ok &= bool(row["pass"])
+        rows.append(row)
+    return {"reference": "onnxruntime (saved at export)", "runtime": backend.name, "rows": rows,
+            "passed": ok}  # fmt: skip
+
+
+def _host(x: Any) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _device_like(backend: Any, tokens: np.ndarray) -> Any:
+    """Host tokens as the backend keeps them (torch tensors on its device, or numpy)."""
+    torch_mod = getattr(backend, "torch", None)
+    if torch_mod is None:
+        return tokens
+    device = getattr(backend, "device", "cuda")
+    return torch_mod.from_numpy(tokens).to(device, getattr(backend, "dtype", torch_mod.float32))
 
 
 def format_table(validation: dict[str, Any]) -> str:
