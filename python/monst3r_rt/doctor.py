@@ -65,9 +65,12 @@ def run_checks() -> list[Check]:
         providers = ort.get_available_providers()  # type: ignore[attr-defined]
         rows.append(Check("onnxruntime providers", True, ", ".join(providers)))
 
-    ok, detail, _ = _module_version("tensorrt")
-    if not ok and detail == "not installed":
-        detail += " (NVIDIA's index: pip install 'monst3r-rt[trt]'; JetPack ships it)"
+    try:
+        from .deploy.tensorrt import import_tensorrt
+
+        ok, detail = True, str(import_tensorrt().__version__)
+    except RuntimeError as exc:
+        ok, detail = False, str(exc)
     rows.append(Check("TensorRT", ok, detail))
 
     ok, detail, _ = _module_version("cupy")

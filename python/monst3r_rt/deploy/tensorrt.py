@@ -28,24 +28,38 @@ from .export import DECODER, ENCODER, Manifest, file_sha256
 if TYPE_CHECKING:  # pragma: no cover
     import tensorrt as trt
 
-__all__ = ["tensorrt_available", "engine_cache_key", "build_engines", "TensorRTBackend"]
+__all__ = [
+    "import_tensorrt",
+    "tensorrt_available",
+    "engine_cache_key",
+    "build_engines",
+    "TensorRTBackend",
+]
 
 
-def _import_trt() -> Any:
+_NOT_INSTALLED = (
+    "TensorRT is not installed: pip install 'monst3r-rt[trt]' (NVIDIA's index) or use JetPack's; "
+    "or pick backend 'onnxruntime' / 'torch'"
+)
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, or RuntimeError saying why not. Type stubs alone
+    (``tensorrt-stubs`` makes ``import tensorrt`` succeed as an empty namespace package) do not
+    count as TensorRT."""
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise RuntimeError(
-            "TensorRT is not installed: pip install 'monst3r-rt[trt]' (NVIDIA's index) or use "
-            "JetPack's; or pick backend 'onnxruntime' / 'torch'"
-        ) from exc
+        raise RuntimeError(_NOT_INSTALLED) from exc
+    if not hasattr(trt, "Builder"):
+        raise RuntimeError(f"{_NOT_INSTALLED} (only its type stubs were found)")
     return trt
 
 
 def tensorrt_available() -> tuple[bool, str]:
     """Whether TensorRT and a CUDA GPU (through torch) are usable here, and why not."""
     try:
-        _import_trt()
+        import_tensorrt()
     except RuntimeError as exc:
         return False, str(exc)
     try:
@@ -96,7 +110,9 @@ def build_engines(
     Returns:
         ``{graph: engine path}``.
     """
-    trt = _import_trt()
+    import_tensorrt()  # the reason, when it is missing
+    import tensorrt as trt  # typed by tensorrt-stubs in CI
+
     folder = os.fspath(folder)
     manifest = Manifest.load(folder)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -123,8 +139,9 @@ def build_engines(
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            rest = tuple(tensor.shape)[1:]
-            profile.set_shape(tensor.name, (batch[0], *rest), (batch[1], *rest), (batch[2], *rest))
+            rest = list(_shape(tensor.shape)[1:])  # all fixed but the batch
+            shapes = [trt.Dims([b, *rest]) for b in batch]
+            profile.set_shape(tensor.name, shapes[0], shapes[1], shapes[2])
         config.add_optimization_profile(profile)
         cache_bytes = b""
         if os.path.isfile(cache_path):
@@ -140,6 +157,11 @@ def build_engines(
     return out
 
 
+def _shape(dims: Any) -> tuple[int, ...]:
+    """A TensorRT ``Dims`` as a tuple of ints."""
+    return tuple(int(dims[k]) for k in range(len(dims)))
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.partial-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -151,7 +173,9 @@ class _Engine:
     """One deserialised engine with its execution context and torch-owned output buffers,
     preallocated per batch size."""
 
-    def __init__(self, trt: Any, runtime: trt.Runtime, path: str):
+    def __init__(self, runtime: trt.Runtime, path: str):
+        import tensorrt as trt
+
         with open(path, "rb") as f:
             self.engine = runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
@@ -173,8 +197,8 @@ class _Engine:
         if b not in self._buffers:
             self._buffers[b] = {
                 n: torch.empty(
-                    tuple(self.context.get_tensor_shape(n)), dtype=torch.float32, device="cuda"
-                )  # fmt: skip
+                    _shape(self.context.get_tensor_shape(n)), dtype=torch.float32, device="cuda"
+                )
                 for n in self.outputs
             }
         outs = self._buffers[b]
@@ -195,16 +219,16 @@ class TensorRTBackend(Backend):
         ok, why = tensorrt_available()
         if not ok:
             raise RuntimeError(f"backend 'tensorrt' is not usable here: {why}")
+        import tensorrt as trt
         import torch
 
-        trt = _import_trt()
         self.torch = torch
         self.manifest = Manifest.load(folder)
         self.image_size = (self.manifest.height, self.manifest.width)
         paths = build_engines(folder, max_batch=max_batch)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # outlives the engines
-        self.encoder = _Engine(trt, self.runtime, paths[ENCODER])
-        self.decoder = _Engine(trt, self.runtime, paths[DECODER])
+        self.encoder = _Engine(self.runtime, paths[ENCODER])
+        self.decoder = _Engine(self.runtime, paths[DECODER])
         self.stream = torch.cuda.Stream()
         self.name = f"tensorrt-{_gpu_sm()}-{self.manifest.precision}"
 
