@@ -48,7 +48,8 @@ def _run(args: argparse.Namespace) -> int:
     pipe = Pipeline(weights=args.weights, backend=args.backend, device=args.device,
                     size=args.size, graph=args.graph, batch_size=args.batch_size, align=cfg,
                     flow=None if args.no_flow else args.flow, masks=args.masks,
-                    flow_weights=args.flow_weights)  # fmt: skip
+                    flow_weights=args.flow_weights, engine=args.engine,
+                    precision=args.precision)  # fmt: skip
     show = not args.quiet
 
     def on_stage(name: str) -> None:
@@ -61,7 +62,11 @@ def _run(args: argparse.Namespace) -> int:
     paths = recon.save(args.output, overwrite=args.overwrite)
     timings = {**recon.meta["timings"], "write": time.perf_counter() - t}
     h, w = recon.depths.shape[1:]
-    rows = [("frames", f"{len(recon)} at {w}x{h}"), ("pairs", str(recon.meta["pairs"]))]
+    rows = [
+        ("frames", f"{len(recon)} at {w}x{h}"),
+        ("pairs", str(recon.meta["pairs"])),
+        ("backend", recon.meta["backend"]),
+    ]
     rows += [(f"{k} s", f"{v:.2f}") for k, v in timings.items()]
     rows += [("total s", f"{sum(timings.values()):.2f}")]
     rows += [(k, v) for k, v in paths.items()]
@@ -143,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", help="video file, folder of images, or image file")
     run.add_argument("-o", "--output", required=True, help="output folder (must be new or empty)")
     run.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
-    run.add_argument("--backend", default="auto", choices=["auto", "torch"])
+    run.add_argument("--backend", default="auto",
+                     choices=["auto", "torch", "onnxruntime", "tensorrt"])  # fmt: skip
+    run.add_argument("--engine", help="export folder (monst3r-rt export) for onnxruntime/tensorrt")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                     help="torch backend precision")  # fmt: skip
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--num-frames", type=int, help="keep at most this many frames")
     run.add_argument("--stride", type=int, default=1, help="keep every k-th frame")

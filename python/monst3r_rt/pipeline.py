@@ -18,7 +18,7 @@ from .align import AlignConfig, global_align
 from .reconstruction import Reconstruction
 
 OFFICIAL_WEIGHTS = "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt"
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 def _sha256(path: str) -> str:
@@ -45,8 +45,9 @@ class Pipeline:
         weights: checkpoint path (official ``.pth``, Hugging Face folder or ``.safetensors``), a
             Hub repo id, or None for the official MonST3R weights through huggingface_hub's cache
             (offline with no cached copy: an error naming ``--weights PATH``).
-        backend: ``"auto"`` or ``"torch"`` (ONNX Runtime / TensorRT engines come with the
-            deployment work).
+        backend: ``"auto"`` (tensorrt > torch-cuda > onnxruntime > torch-cpu, from what is
+            installed and given), ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``; the last two
+            run an export folder (``engine``).
         device: ``"auto"`` (CUDA when torch sees a GPU), ``"cpu"`` or ``"cuda"``.
         size: long side of the model resolution (512 or 224).
         graph: pair graph (:func:`~monst3r_rt.pairs.make_pairs`).
@@ -56,6 +57,8 @@ class Pipeline:
             term, no masks).
         masks: ``"official"`` or ``"robust"`` (:func:`~monst3r_rt.masks.dynamic_masks`).
         flow_weights: RAFT weights for ``flow="raft"``.
+        engine: export folder of ``monst3r-rt export`` (for onnxruntime / tensorrt).
+        precision: torch backend precision, ``"fp32"``, ``"fp16"`` or ``"bf16"``.
     """
 
     weights: str | os.PathLike[str] | None = None
@@ -68,13 +71,14 @@ class Pipeline:
     flow: str | Callable | None = "dis"
     masks: str = "official"
     flow_weights: str | os.PathLike[str] | None = None
+    engine: str | os.PathLike[str] | None = None
+    precision: str = "fp32"
     _net: Any = field(default=None, init=False, repr=False)
+    _backend: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(
-                f"backend {self.backend!r} is not available in this version; use one of {BACKENDS}"
-            )
+            raise ValueError(f"unknown backend {self.backend!r}; use one of {BACKENDS}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.masks not in ("official", "robust"):
@@ -110,6 +114,23 @@ class Pipeline:
                     f"--weights PATH (Pipeline(weights=PATH)). Cause: {exc}"
                 ) from exc
         return self._net
+
+    def backend_for_run(self) -> Any:
+        """The network backend this pipeline runs (chosen once; see ``backend``)."""
+        from .deploy.backends import select_backend
+
+        if self._backend is None:
+            self._backend = select_backend(
+                self.backend, load_net=self.network, engine_dir=self.engine,
+                device=self._torch_device(), precision=self.precision,
+            )  # fmt: skip
+        return self._backend
+
+    def _weights_used(self) -> tuple[str, str]:
+        manifest = getattr(self._backend, "manifest", None)
+        if manifest is not None:  # an exported engine: its own record of the weights
+            return manifest.weights, manifest.weights_hash
+        return self.weights_source, weights_fingerprint(self.weights_source)
 
     def run(
         self,
@@ -158,11 +179,11 @@ class Pipeline:
         timings["frames"] = time.perf_counter() - t
 
         t = stage("network")
-        net = self.network()
+        backend = self.backend_for_run()
         timings["load_weights"] = time.perf_counter() - t
         pairs = make_pairs(n, self.graph)
         t = stage("pairs")
-        preds = infer_pairs(net, frames, pairs, self.batch_size, self._torch_device(), progress)
+        preds = infer_pairs(backend, frames, pairs, self.batch_size, progress=progress)
         timings["pairs"] = time.perf_counter() - t
 
         flows = masks = None
@@ -192,8 +213,9 @@ class Pipeline:
 
         meta = {
             "input": str(source) if not isinstance(source, np.ndarray) else "array",
-            "weights": self.weights_source,
-            "weights_hash": weights_fingerprint(self.weights_source),
+            "backend": backend.name,
+            "weights": self._weights_used()[0],
+            "weights_hash": self._weights_used()[1],
             "versions": _versions(),
             "config": {
                 "backend": self.backend, "device": self._torch_device(), "size": self.size,

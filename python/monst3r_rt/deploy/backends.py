@@ -11,6 +11,7 @@ pair. :func:`~monst3r_rt.inference.infer_pairs` and the Pipeline go through it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -157,34 +158,36 @@ def select_backend(
     kind: str = "auto",
     *,
     net: Any = None,
+    load_net: Callable[[], Any] | None = None,
     engine_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     precision: str = "fp32",
 ) -> Backend:
-    """Pick a backend. ``auto``: tensorrt (an engine folder and a GPU with TensorRT) >
-    torch-cuda > onnxruntime (an engine folder) > torch-cpu.
+    """Pick a backend. ``auto``: tensorrt (an engine folder, TensorRT and a GPU) > torch-cuda >
+    onnxruntime (an engine folder) > torch-cpu.
 
     Args:
         kind: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
-        net: the PyTorch network (for ``torch``).
+        net: the PyTorch network, or ``load_net`` to load it only if torch is chosen.
         engine_dir: an exported engine folder (for ``onnxruntime`` / ``tensorrt``).
         device: torch device for ``torch``.
         precision: for ``torch``.
     """
+    has_net = net is not None or load_net is not None
     if kind == "auto":
-        if engine_dir is not None:
-            from .tensorrt import tensorrt_available
+        from .tensorrt import tensorrt_available
 
-            ok, _ = tensorrt_available()
-            if ok:
-                kind = "tensorrt"
-        if kind == "auto":
-            cuda = device == "cuda" and net is not None
-            kind = "torch" if (cuda or engine_dir is None) else "onnxruntime"
+        if engine_dir is not None and tensorrt_available()[0]:
+            kind = "tensorrt"
+        elif engine_dir is None or (device == "cuda" and has_net):
+            kind = "torch"
+        else:
+            kind = "onnxruntime"
     if kind == "torch":
-        if net is None:
+        if not has_net:
             raise ValueError("backend 'torch' needs the network (weights)")
-        return TorchBackend(net, device=device, precision=precision)
+        model = net if net is not None else load_net()  # type: ignore[misc]
+        return TorchBackend(model, device=device, precision=precision)
     if engine_dir is None:
         raise ValueError(f"backend {kind!r} needs an engine folder (monst3r-rt export)")
     if kind == "onnxruntime":
