@@ -170,10 +170,13 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 class _Engine:
-    """One deserialised engine with its execution context and torch-owned output buffers,
-    preallocated per batch size."""
+    """One deserialised engine with its execution context, torch-owned static input and output
+    buffers preallocated per batch size, and CUDA-graph replay: the second call with an unchanged
+    batch size captures ``execute_async_v3`` into a graph that later calls replay. A call with
+    another batch size changes the context's shapes, which invalidates the graph (it is captured
+    again once that size repeats)."""
 
-    def __init__(self, runtime: trt.Runtime, path: str):
+    def __init__(self, runtime: trt.Runtime, path: str, cuda_graphs: bool = True):
         import tensorrt as trt
 
         with open(path, "rb") as f:
@@ -185,37 +188,66 @@ class _Engine:
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self.cuda_graphs = cuda_graphs
         self._buffers: dict[int, dict[str, Any]] = {}
+        self._shape_batch = -1  # batch size the context's shapes are set for
+        self._calls = 0  # consecutive calls at that batch size
+        self._graph: Any = None
+
+    def _bind(self, b: int, feeds: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        if b not in self._buffers:
+            bufs = {n: torch.empty(tuple(x.shape), dtype=x.dtype, device="cuda")
+                    for n, x in feeds.items()}  # fmt: skip
+            for n, x in bufs.items():
+                self.context.set_input_shape(n, tuple(x.shape))
+            for n in self.outputs:
+                shape = _shape(self.context.get_tensor_shape(n))
+                bufs[n] = torch.empty(shape, dtype=torch.float32, device="cuda")
+            self._buffers[b] = bufs
+            self._shape_batch = -1
+        bufs = self._buffers[b]
+        if self._shape_batch != b:
+            for n in self.inputs:
+                self.context.set_input_shape(n, tuple(bufs[n].shape))
+            for n in (*self.inputs, *self.outputs):
+                self.context.set_tensor_address(n, int(bufs[n].data_ptr()))
+            self._shape_batch, self._calls, self._graph = b, 0, None
+        return bufs
 
     def run(self, feeds: dict[str, Any], stream: Any) -> dict[str, Any]:
         import torch
 
         b = int(next(iter(feeds.values())).shape[0])
-        for name, x in feeds.items():
-            self.context.set_input_shape(name, tuple(x.shape))
-            self.context.set_tensor_address(name, int(x.data_ptr()))
-        if b not in self._buffers:
-            self._buffers[b] = {
-                n: torch.empty(
-                    _shape(self.context.get_tensor_shape(n)), dtype=torch.float32, device="cuda"
-                )
-                for n in self.outputs
-            }
-        outs = self._buffers[b]
-        for name, buf in outs.items():
-            self.context.set_tensor_address(name, int(buf.data_ptr()))
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        bufs = self._bind(b, feeds)
+        for n, x in feeds.items():
+            bufs[n].copy_(x, non_blocking=True)
+        self._calls += 1
+        if self._graph is not None:
+            self._graph.replay()
+        elif self.cuda_graphs and self._calls >= 2:  # warmed up at this shape: capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                ok = self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+            if not ok:
+                raise RuntimeError("TensorRT execute_async_v3 failed during CUDA-graph capture")
+            self._graph = graph
+            graph.replay()
+        elif not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        return outs
+        return {n: bufs[n] for n in self.outputs}
 
 
 class TensorRTBackend(Backend):
     """Engines of an export folder (built on first use, then cached) on the current CUDA device.
 
-    Tokens stay on the GPU as torch tensors; every enqueue goes on one torch stream.
+    Tokens stay on the GPU as torch tensors; every enqueue goes on one torch stream; repeated
+    calls at one batch size replay a CUDA graph (``cuda_graphs=False`` to turn that off).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], max_batch: int = 16):
+    def __init__(self, folder: str | os.PathLike[str], max_batch: int = 16,
+                 cuda_graphs: bool = True):  # fmt: skip
         ok, why = tensorrt_available()
         if not ok:
             raise RuntimeError(f"backend 'tensorrt' is not usable here: {why}")
@@ -227,8 +259,8 @@ class TensorRTBackend(Backend):
         self.image_size = (self.manifest.height, self.manifest.width)
         paths = build_engines(folder, max_batch=max_batch)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # outlives the engines
-        self.encoder = _Engine(self.runtime, paths[ENCODER])
-        self.decoder = _Engine(self.runtime, paths[DECODER])
+        self.encoder = _Engine(self.runtime, paths[ENCODER], cuda_graphs)
+        self.decoder = _Engine(self.runtime, paths[DECODER], cuda_graphs)
         self.stream = torch.cuda.Stream()
         self.name = f"tensorrt-{_gpu_sm()}-{self.manifest.precision}"
 
