@@ -25,19 +25,7 @@ import time
 import cv2
 import numpy as np
 from _machine import describe
-
-
-def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
+from _table import print_table
 
 
 def bench_flow(data: str) -> None:
@@ -66,7 +54,7 @@ def bench_flow(data: str) -> None:
         e = np.concatenate([x.ravel() for x in epe])
         per = " / ".join(f"{x.mean():.2f}" for x in epe)
         rows.append([preset, f"{ms:.1f}", f"{e.mean():.2f}", f"{np.median(e):.3f}", per])
-    _table(
+    print_table(
         f"DIS flow ({describe()}, 1 thread per pair)",
         ["preset", "ms/pair 512×288", "EPE mean (px)", "EPE median", "EPE mean per TartanAir pair"],
         rows,
@@ -94,7 +82,7 @@ def bench_masks() -> None:
             fpr = (m & ~gt).sum() / (~gt).sum()
             rows.append([f"seed {seed}, noise {noise}", method, f"{iou:.3f}", f"{fpr:.4f}",
                          f"{dt:.2f}"])  # fmt: skip
-    _table(
+    print_table(
         f"Dynamic masks on a rendered scene, DIS flow ({describe()})",
         ["scene (24 frames 120×160)", "method", "IoU", "false-positive rate", "seconds"],
         rows,
@@ -125,7 +113,7 @@ def bench_video(data: str, n_frames: int) -> None:
         t_mask = time.perf_counter() - t
         rows.append([method, f"{t_flow:.1f}", f"{t_mask:.1f}", f"{t_flow + t_mask:.1f}"])
     h, w = images.shape[1:3]
-    _table(
+    print_table(
         f"Flow + masks, {len(images)} frames {w}×{h}, {len(edges)} pairs ({describe()})",
         ["masks", "flow s (DIS medium)", "masks s", "total s (target < 60)"],
         rows,

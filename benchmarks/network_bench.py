@@ -20,19 +20,7 @@ import time
 
 import numpy as np
 from _machine import describe
-
-
-def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
+from _table import print_table
 
 
 def _measure(backend, images: np.ndarray, pairs: list[tuple[int, int]], repeats: int) -> dict:
@@ -119,7 +107,7 @@ def main() -> None:
                 backend = TensorRTBackend(engine)
                 rows.append((backend.name, _measure(backend, images, pairs, args.repeats)))
     base = rows[0][1]["once_pps"] if rows else 1.0
-    _table(
+    print_table(
         f"Network backends, {w}x{h}, {'tiny' if args.tiny else 'full-size'} architecture "
         f"({describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads)",
         ["backend", "per-pair p50 s", "per-pair p95 s", "per-pair pairs/s",
