@@ -211,11 +211,12 @@ class Pipeline:
         timings["align"] = time.perf_counter() - t
         del preds, flows
 
+        weights, weights_hash = self._weights_used()  # hashes the weights file once
         meta = {
             "input": str(source) if not isinstance(source, np.ndarray) else "array",
             "backend": backend.name,
-            "weights": self._weights_used()[0],
-            "weights_hash": self._weights_used()[1],
+            "weights": weights,
+            "weights_hash": weights_hash,
             "versions": _versions(),
             "config": {
                 "backend": self.backend, "device": self._torch_device(), "size": self.size,
