@@ -75,8 +75,9 @@ def test_output_folder_parses_and_round_trips(recon, tmp_path):
     paths = recon.save(out)
     assert all(os.path.exists(p) for p in paths.values())
     n, h, w = recon.depths.shape
-    for name in ("frame_0000.npy", "frame_0007.png", "conf_7.npy", "dynamic_mask_7.png",
-                 "enlarged_dynamic_mask_0.png", "depth/0007.png", "points/0007.ply"):  # fmt: skip
+    names = ["frame_0000.npy", "frame_0007.png", "conf_0007.npy", "dynamic_mask_0007.png",
+             "enlarged_dynamic_mask_0000.png", "depth/0007.png", "points/0007.ply"]  # fmt: skip
+    for name in names:
         assert (out / name).is_file(), name
     # official files
     _, poses = fileio.read_official_traj(out / "pred_traj.txt")
@@ -84,10 +85,10 @@ def test_output_folder_parses_and_round_trips(recon, tmp_path):
     k = np.loadtxt(out / "pred_intrinsics.txt").reshape(-1, 3, 3)
     np.testing.assert_allclose(k, recon.intrinsics, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.load(out / "frame_0003.npy"), recon.depths[3])
-    np.testing.assert_allclose(np.load(out / "conf_3.npy"), np.log(recon.conf[3]), rtol=1e-6)
+    np.testing.assert_allclose(np.load(out / "conf_0003.npy"), np.log(recon.conf[3]), rtol=1e-6)
     png = cv2.imread(str(out / "frame_0003.png"))[..., ::-1]
     np.testing.assert_array_equal(png, recon.frames[3])
-    mask = cv2.imread(str(out / "dynamic_mask_3.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(out / "dynamic_mask_0003.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(mask > 0, recon.dynamic_masks[3])
     # TUM trajectory (t tx ty tz qx qy qz qw) read back equals the poses
     times, tum = fileio.read_tum(out / "trajectory_tum.txt")

@@ -96,18 +96,20 @@ class Reconstruction:
         np.savez(os.path.join(d, NPZ), **{k: np.asarray(getattr(self, k)) for k in _ARRAYS},
                  names=np.array(self.names))  # fmt: skip
         poses = self.poses.astype(np.float64)
-        # official demo files (spec §5.1): same names as official, incl. the unpadded ones
+        # official demo files (spec §5.1), frame numbers zero-padded everywhere: official readers
+        # parse the number (int(stem.split("_")[-1])), others sort names, which padding keeps right
         fileio.write_official_traj(os.path.join(d, "pred_traj.txt"), poses)
         fileio.write_intrinsics(os.path.join(d, "pred_intrinsics.txt"), self.intrinsics)
         kernel = np.ones((3, 3), np.uint8)
         for i in range(n):
-            np.save(os.path.join(d, f"frame_{i:04d}.npy"), self.depths[i].astype(np.float32))
-            cv2.imwrite(os.path.join(d, f"frame_{i:04d}.png"), self.frames[i][..., ::-1])
+            k = f"{i:04d}"
+            np.save(os.path.join(d, f"frame_{k}.npy"), self.depths[i].astype(np.float32))
+            cv2.imwrite(os.path.join(d, f"frame_{k}.png"), self.frames[i][..., ::-1])
             with np.errstate(divide="ignore"):
-                np.save(os.path.join(d, f"conf_{i}.npy"), np.log(self.conf[i]).astype(np.float32))
+                np.save(os.path.join(d, f"conf_{k}.npy"), np.log(self.conf[i]).astype(np.float32))
             mask = self.dynamic_masks[i].astype(np.uint8) * 255
-            cv2.imwrite(os.path.join(d, f"dynamic_mask_{i}.png"), mask)
-            cv2.imwrite(os.path.join(d, f"enlarged_dynamic_mask_{i}.png"), cv2.dilate(mask, kernel))
+            cv2.imwrite(os.path.join(d, f"dynamic_mask_{k}.png"), mask)
+            cv2.imwrite(os.path.join(d, f"enlarged_dynamic_mask_{k}.png"), cv2.dilate(mask, kernel))
         # standard formats
         fileio.write_tum(os.path.join(d, "trajectory_tum.txt"), poses)
         os.makedirs(os.path.join(d, "depth"))
