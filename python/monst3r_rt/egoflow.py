@@ -80,11 +80,7 @@ def ego_flow(
     Returns:
         (M,2,H,W) float32 flow in pixels, channel 0 along x (columns), 1 along y (rows).
     """
-    if is_cuda_array(depth):
-        return _cuda(depth, _args(depth, focal_src, focal_tgt, rot, trans, pp_src, pp_tgt))[0]
-    depth = np.ascontiguousarray(depth, dtype=np.float32)
-    args = _args(depth, focal_src, focal_tgt, rot, trans, pp_src, pp_tgt)
-    return _core.ego_flow(depth, *args)[0]
+    return _run(depth, (focal_src, focal_tgt, rot, trans, pp_src, pp_tgt))[0]
 
 
 def ego_flow_error(
@@ -100,14 +96,19 @@ def ego_flow_error(
     """Per-pixel end-point error ``‖ego − measured‖₂`` (M,H,W) float32, in one pass that never
     stores the ego-flow. ``measured``: (M,2,H,W) flow in pixels; other arguments as
     :func:`ego_flow`. CUDA arrays in, CUDA array out."""
+    return _run(depth, (focal_src, focal_tgt, rot, trans, pp_src, pp_tgt), measured)[1]
+
+
+def _run(depth: Any, geometry: tuple, measured: Any | None = None) -> tuple[Any, Any]:
+    """``(flow, None)``, or ``(None, error)`` when ``measured`` is given, on depth's device."""
     if is_cuda_array(depth):
-        return _cuda(
-            depth, _args(depth, focal_src, focal_tgt, rot, trans, pp_src, pp_tgt), measured
-        )[1]
+        return _cuda(depth, _args(depth, *geometry), measured)
     depth = np.ascontiguousarray(depth, dtype=np.float32)
-    args = _args(depth, focal_src, focal_tgt, rot, trans, pp_src, pp_tgt)
+    args = _args(depth, *geometry)
+    if measured is None:
+        return _core.ego_flow(depth, *args)
     measured = np.ascontiguousarray(measured, dtype=np.float32)
-    return _core.ego_flow(depth, *args, measured=measured, return_flow=False)[1]
+    return _core.ego_flow(depth, *args, measured=measured, return_flow=False)
 
 
 def _cuda(depth: Any, args: tuple, measured: Any | None = None) -> tuple[Any, Any]:

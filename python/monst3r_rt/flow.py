@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ._progress import progress as _progress
+from .pairs import check_pairs
 
 __all__ = ["compute_flow", "dis_flow", "forward_backward_error", "DIS_PRESETS"]
 
@@ -46,17 +47,6 @@ def _check_images(images: Any) -> np.ndarray:
             raise ValueError("float images must be finite and in [0, 1] (or pass uint8 RGB)")
         return np.round(images * 255).astype(np.uint8)
     raise ValueError(f"images must be uint8 RGB or float in [0, 1], got dtype {images.dtype}")
-
-
-def _check_edges(edges: Any, n: int) -> np.ndarray:
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    bad = (edges < 0) | (edges >= n)
-    if bad.any():
-        e = int(np.argwhere(bad)[0, 0])
-        raise ValueError(
-            f"edge {e} = {tuple(edges[e].tolist())} references a frame outside 0..{n - 1}"
-        )
-    return edges
 
 
 def _dis_preset(preset: str) -> int:
@@ -197,7 +187,7 @@ def compute_flow(
     """
     images = _check_images(images)
     n, h, w, _ = images.shape
-    edges = _check_edges(edges, n)
+    edges = check_pairs(edges, n)
     fn = _flow_fn(method, preset, weights, device)
     # each unordered pair once: (a, b) with a < b, both directions
     unordered = sorted({(min(i, j), max(i, j)) for i, j in edges.tolist() if i != j})

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._atomic import savez_atomic
 from ._progress import progress as _progress
+from .pairs import check_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -107,20 +108,6 @@ def _as_image_tensor(frames: Any) -> torch.Tensor:
     return frames
 
 
-def _check_pairs(pairs: Sequence[tuple[int, int]] | np.ndarray, n: int) -> np.ndarray:
-    edges = np.asarray(pairs, dtype=np.int64)
-    if edges.size == 0:
-        raise ValueError("pairs is empty: nothing to infer")
-    if edges.ndim != 2 or edges.shape[1] != 2:
-        raise ValueError(f"pairs must be a sequence of (i, j) pairs, got shape {edges.shape}")
-    bad = (edges < 0) | (edges >= n)
-    if bad.any():
-        e = int(np.argwhere(bad)[0, 0])
-        pair = tuple(edges[e].tolist())
-        raise ValueError(f"pair {e} = {pair} references a frame outside 0..{n - 1}")
-    return edges
-
-
 def infer_pairs(
     net: Any,
     frames: Any,
@@ -150,7 +137,7 @@ def infer_pairs(
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     images = _as_image_tensor(frames).detach().cpu().float().numpy()
     n, _, h, w = images.shape
-    edges = _check_pairs(pairs, n)
+    edges = check_pairs(pairs, n)
     backend = as_backend(net, device)
     backend.check_size((h, w))
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from ._progress import progress as _progress
-from .align.init import estimate_focal, fast_pnp, weighted_procrustes
+from .align.init import _apply, estimate_focal, fast_pnp, weighted_procrustes
 from .egoflow import ego_flow_error, relative_pose
 from .flow import forward_backward_error
 
@@ -73,10 +73,6 @@ def mirror_pairs(edges: np.ndarray) -> np.ndarray:
         used.update((e, m))
         out.append((e, m))
     return np.asarray(out, np.int64).reshape(-1, 2)
-
-
-def _apply(trf: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ trf[:3, :3].T + trf[:3, 3]
 
 
 def two_view(preds: Any, k: int, m: int, method: str = "official", threads: int = 0) -> TwoView:

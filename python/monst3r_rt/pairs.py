@@ -148,3 +148,19 @@ def pairs_array(pairs: list[tuple[int, int]]) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"pairs_array: expected a list of 2-tuples, got shape {arr.shape}")
     return arr
+
+
+def check_pairs(pairs: object, n: int) -> np.ndarray:
+    """(E,2) int64 pairs after checking their shape and that every index is in ``0..n-1``;
+    ValueError naming the first bad pair otherwise."""
+    edges = np.asarray(pairs, dtype=np.int64)
+    if edges.size == 0:
+        raise ValueError("pairs is empty")
+    if edges.ndim != 2 or edges.shape[1] != 2:
+        raise ValueError(f"pairs must be a sequence of (i, j) pairs, got shape {edges.shape}")
+    bad = (edges < 0) | (edges >= n)
+    if bad.any():
+        e = int(np.argwhere(bad)[0, 0])
+        pair = tuple(edges[e].tolist())
+        raise ValueError(f"pair {e} = {pair} references a frame outside 0..{n - 1}")
+    return edges
