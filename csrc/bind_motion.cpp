@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "monst3r/cuda_args.h"
 #include "monst3r/kernels.h"
 
 namespace py = pybind11;
@@ -64,28 +65,29 @@ py::tuple ego_flow(const F32& depth, const F32& focal_src, const F32& pp_src,
                         measured.is_none() ? py::object(py::none()) : py::object(error));
 }
 
-void ego_flow_cuda(const std::vector<std::uintptr_t>& ptr, int64_t m, int64_t h, int64_t w,
-                   std::uintptr_t stream) {
-#ifdef MONST3R_RT_WITH_CUDA
-  if (ptr.size() != 10) throw py::value_error("ego_flow_cuda takes 10 device pointers");
-  if (m < 0 || h < 0 || w < 0) throw py::value_error("M, H, W must be non-negative");
-  auto in = [&](int k) { return reinterpret_cast<const float*>(ptr[k]); };
-  monst3r::EgoFlowProblem pb{m,     h,     w,     in(0),
-                             in(1), in(2), in(3), in(4),
-                             in(5), in(6), in(7), reinterpret_cast<float*>(ptr[8]),
-                             reinterpret_cast<float*>(ptr[9])};
-  if (pb.error && !pb.measured) throw py::value_error("error output needs the measured flow");
-  std::string err;
-  {
-    py::gil_scoped_release release;
-    err = monst3r::ego_flow_cuda(pb, reinterpret_cast<void*>(stream));
-  }
-  if (!err.empty()) throw std::runtime_error("ego_flow_cuda: " + err);
-#else
-  (void)ptr, (void)m, (void)h, (void)w, (void)stream;
-  throw std::runtime_error("monst3r_rt._core was built without CUDA kernels (" MONST3R_RT_CUDA_REASON
-                           "); rebuild with a CUDA compiler and MONST3R_RT_CUDA=ON");
-#endif
+void ego_flow_cuda(const py::object& depth, const py::object& focal_src, const py::object& pp_src,
+                   const py::object& focal_tgt, const py::object& pp_tgt, const py::object& rot,
+                   const py::object& trans, const py::object& measured, const py::object& flow,
+                   const py::object& error, std::uintptr_t stream) {
+  using monst3r::DType;
+  monst3r::CudaArgs a("ego_flow_cuda", stream);
+  monst3r::EgoFlowProblem pb{};
+  pb.depth = a.arg("depth", depth, DType::f32, {"M", "H", "W"}).as<float>();
+  pb.focal_src = a.arg("focal_src", focal_src, DType::f32, {"M"}).as<float>();
+  pb.pp_src = a.arg("pp_src", pp_src, DType::f32, {"M", 2}).as<float>();
+  pb.focal_tgt = a.arg("focal_tgt", focal_tgt, DType::f32, {"M"}).as<float>();
+  pb.pp_tgt = a.arg("pp_tgt", pp_tgt, DType::f32, {"M", 2}).as<float>();
+  pb.rot = a.arg("rot", rot, DType::f32, {"M", 3, 3}).as<float>();
+  pb.trans = a.arg("trans", trans, DType::f32, {"M", 3}).as<float>();
+  pb.measured = a.optional("measured", measured, DType::f32, {"M", 2, "H", "W"}).as<float>();
+  pb.flow = a.optional("flow", flow, DType::f32, {"M", 2, "H", "W"}).as<float>();
+  pb.error = a.optional("error", error, DType::f32, {"M", "H", "W"}).as<float>();
+  if (pb.error && !pb.measured) throw py::value_error("ego_flow_cuda: error needs measured");
+  if (!pb.flow && !pb.error) throw py::value_error("ego_flow_cuda: pass flow and/or error");
+  pb.maps = a.dim("M");
+  pb.height = a.dim("H");
+  pb.width = a.dim("W");
+  a.launch([&](void* st) { return monst3r::ego_flow_cuda(pb, st); });
 }
 
 double estimate_focal(const F32& pts, const py::object& weights, double cx, double cy,
@@ -118,8 +120,12 @@ void register_motion(py::module_& m) {
         "Weiszfeld focal (pixels) of a camera-frame pointmap (H,W,3) f32 with optional weights "
         "(H,W): L2 solution, then iters IRLS steps; NaN when no finite point has a positive "
         "weight. float64 accumulation, GIL released; threads = OpenMP threads (0: default).");
-  m.def("ego_flow_cuda", &ego_flow_cuda, py::arg("pointers"), py::arg("m"), py::arg("h"),
-        py::arg("w"), py::arg("stream") = 0,
-        "CUDA twin of ego_flow: 10 device pointers (float32, contiguous) in the order depth, "
-        "focal_src, pp_src, focal_tgt, pp_tgt, rot, trans, measured, flow, error (0 = absent).");
+  m.def("ego_flow_cuda", &ego_flow_cuda, py::arg("depth"), py::arg("focal_src"),
+        py::arg("pp_src"), py::arg("focal_tgt"), py::arg("pp_tgt"), py::arg("rot"),
+        py::arg("trans"), py::arg("measured") = py::none(), py::arg("flow") = py::none(),
+        py::arg("error") = py::none(), py::arg("stream") = 0,
+        "CUDA twin of ego_flow: DLPack float32 C-contiguous arrays on one GPU, shapes as "
+        "ego_flow; outputs flow (M,2,H,W) and/or error (M,H,W) (error needs measured "
+        "(M,2,H,W)); stream: the cudaStream_t to run on (int, 0 = legacy default). Every "
+        "array is checked before the launch; host arrays are refused.");
 }

@@ -1,6 +1,6 @@
 // pybind11 module monst3r_rt._core: input checks, GIL release and CPU/CUDA dispatch.
-// CPU entry points take numpy arrays; CUDA entry points take raw device pointers (uintptr_t)
-// plus a stream handle, so torch tensors and CuPy arrays can both be passed from Python.
+// CPU entry points take numpy arrays; CUDA entry points take DLPack arrays (torch tensors, CuPy
+// arrays) checked by monst3r::CudaArgs (monst3r/cuda_args.h), plus the cudaStream_t to run on.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "monst3r/cuda_args.h"
 #include "monst3r/kernels.h"
 
 namespace py = pybind11;
@@ -54,30 +55,18 @@ py::array_t<float> depth_to_points(const FloatArray& depth, const FloatArray& fo
   return out;
 }
 
-[[maybe_unused]] [[noreturn]] void no_cuda() {
-  throw std::runtime_error(
-      "monst3r_rt._core was built without CUDA kernels (" MONST3R_RT_CUDA_REASON
-      "); rebuild with a CUDA compiler and MONST3R_RT_CUDA=ON");
-}
-
-void depth_to_points_cuda(std::uintptr_t depth, std::uintptr_t focal, std::uintptr_t pp,
-                          std::uintptr_t points, int64_t n, int64_t h, int64_t w,
-                          std::uintptr_t stream) {
-#ifdef MONST3R_RT_WITH_CUDA
-  if (n < 0 || h < 0 || w < 0) throw py::value_error("N, H, W must be non-negative");
-  std::string err;
-  {
-    py::gil_scoped_release release;
-    err = monst3r::depth_to_points_cuda(
-        reinterpret_cast<const float*>(depth), reinterpret_cast<const float*>(focal),
-        reinterpret_cast<const float*>(pp), reinterpret_cast<float*>(points), n, h, w,
-        reinterpret_cast<void*>(stream));
-  }
-  if (!err.empty()) throw std::runtime_error("depth_to_points_cuda: " + err);
-#else
-  (void)depth, (void)focal, (void)pp, (void)points, (void)n, (void)h, (void)w, (void)stream;
-  no_cuda();
-#endif
+void depth_to_points_cuda(const py::object& depth, const py::object& focal, const py::object& pp,
+                          const py::object& points, std::uintptr_t stream) {
+  using monst3r::DType;
+  monst3r::CudaArgs a("depth_to_points_cuda", stream);
+  const auto& d = a.arg("depth", depth, DType::f32, {"N", "H", "W"});
+  const auto& f = a.arg("focal", focal, DType::f32, {"N"});
+  const auto& c = a.arg("pp", pp, DType::f32, {"N", 2});
+  const auto& o = a.arg("points", points, DType::f32, {"N", "H", "W", 3});
+  a.launch([&](void* st) {
+    return monst3r::depth_to_points_cuda(d.as<float>(), f.as<float>(), c.as<float>(),
+                                         o.as<float>(), a.dim("N"), a.dim("H"), a.dim("W"), st);
+  });
 }
 
 // ---- alignment -------------------------------------------------------------------------------
@@ -192,66 +181,100 @@ py::tuple align_energy_grad(const py::array& edges, const py::array& pts_i,
                                        flow_ji, static_mask, flow_rot, flow_trans, pixel_thr);
 }
 
-template <typename T>
-void align_energy_grad_cuda_impl(const std::vector<std::uintptr_t>& ptr, int64_t n, int64_t e,
-                                 int64_t h, int64_t w, double pixel_thr, std::uintptr_t stream) {
-#ifdef MONST3R_RT_WITH_CUDA
-  monst3r::AlignProblem<T> pb;
-  pb.n_frames = n;
-  pb.n_edges = e;
-  pb.height = h;
-  pb.width = w;
-  auto in = [&](size_t k) { return reinterpret_cast<const T*>(ptr[k]); };
-  auto outp = [&](size_t k) { return reinterpret_cast<T*>(ptr[k]); };
-  pb.edges = reinterpret_cast<const int64_t*>(ptr[0]);
-  pb.pts[0] = in(1);
-  pb.pts[1] = in(2);
-  pb.weight[0] = in(3);
-  pb.weight[1] = in(4);
-  pb.log_depth = in(5);
-  pb.rot = in(6);
-  pb.trans = in(7);
-  pb.focal = in(8);
-  pb.pp = in(9);
-  pb.edge_rot = in(10);
-  pb.edge_trans = in(11);
-  pb.edge_scale = in(12);
-  monst3r::AlignGrad<T> out{reinterpret_cast<double*>(ptr[13]), outp(14), outp(15), outp(16)};
-  if (ptr[17] != 0) {  // flow term
-    pb.flow[0] = in(17);
-    pb.flow[1] = in(18);
-    pb.static_mask = in(19);
-    pb.flow_rot = in(20);
-    pb.flow_trans = in(21);
-    out.flow_stats = reinterpret_cast<double*>(ptr[22]);
-    out.grad_log_depth_flow = outp(23);
-    out.grad_flow = outp(24);
-    pb.pixel_thr = static_cast<T>(pixel_thr);
+// The arrays of align_energy_grad_cuda, in its argument order; the flow group is optional.
+constexpr const char* kAlignArrays[] = {
+    "edges", "pts_i", "pts_j", "w_i", "w_j", "log_depth", "rot", "trans", "focal", "pp",
+    "edge_rot", "edge_trans", "edge_scale", "energy", "grad_log_depth", "grad_frame", "grad_edge"};
+constexpr const char* kAlignFlowArrays[] = {"flow_ij",    "flow_ji",    "static_mask",
+                                            "flow_rot",   "flow_trans", "flow_stats",
+                                            "grad_log_depth_flow", "grad_flow"};
+
+void check_align_cuda(monst3r::CudaArgs& a, const std::vector<py::object>& arrays,
+                      const std::vector<py::object>& flow) {
+  using monst3r::DType;
+  const DType real = DType::real, f64 = DType::f64;
+  const std::vector<std::vector<monst3r::Dim>> shapes = {
+      {"E", 2},           {"E", "H", "W", 3}, {"E", "H", "W", 3}, {"E", "H", "W"},
+      {"E", "H", "W"},    {"N", "H", "W"},    {"N", 3, 3},        {"N", 3},
+      {"N"},              {"N", 2},           {"E", 3, 3},        {"E", 3},
+      {"E"},              {1},                {"N", "H", "W"},    {"N", monst3r::kFrameGrad},
+      {"E", monst3r::kEdgeGrad}};
+  const DType dtypes[] = {DType::i64, real, real, real, real, real, real, real, real,
+                          real,       real, real, real, f64,  real, f64,  f64};
+  for (size_t k = 0; k < shapes.size(); ++k) a.arg(kAlignArrays[k], arrays[k], dtypes[k], shapes[k]);
+  const std::vector<std::vector<monst3r::Dim>> flow_shapes = {
+      {"E", 2, "H", "W"}, {"E", 2, "H", "W"}, {"N", "H", "W"},    {"E", 2, 3, 3},
+      {"E", 2, 3},        {4},                {2, "N", "H", "W"}, {"E", 2, monst3r::kFlowGrad}};
+  const DType flow_dtypes[] = {real, real, real, real, real, f64, real, f64};
+  bool any = false;
+  std::string missing;
+  for (size_t k = 0; k < flow_shapes.size(); ++k) {
+    const auto& arr = a.optional(kAlignFlowArrays[k], flow[k], flow_dtypes[k], flow_shapes[k]);
+    any = any || arr.present;
+    if (!arr.present) missing += std::string(missing.empty() ? "" : ", ") + kAlignFlowArrays[k];
   }
-  std::string err;
-  {
-    py::gil_scoped_release release;
-    err = monst3r::align_energy_grad_cuda<T>(pb, out, reinterpret_cast<void*>(stream));
-  }
-  if (!err.empty()) throw std::runtime_error("align_energy_grad_cuda: " + err);
-#else
-  (void)ptr, (void)n, (void)e, (void)h, (void)w, (void)pixel_thr, (void)stream;
-  no_cuda();
-#endif
+  if (any && !missing.empty())
+    throw py::value_error("the flow term needs all of flow_ij, flow_ji, static_mask, flow_rot, "
+                          "flow_trans, flow_stats, grad_log_depth_flow and grad_flow; missing: " +
+                          missing);
 }
 
-void align_energy_grad_cuda(const std::string& dtype, const std::vector<std::uintptr_t>& ptrs,
-                            int64_t n, int64_t e, int64_t h, int64_t w, double pixel_thr,
-                            std::uintptr_t stream) {
-  if (ptrs.size() != 25)
-    throw py::value_error("align_energy_grad_cuda takes 25 pointers (0 for an absent flow term)");
-  if (n < 1 || e < 1 || h < 1 || w < 1) throw py::value_error("N, E, H, W must be positive");
-  if (dtype == "float32")
-    align_energy_grad_cuda_impl<float>(ptrs, n, e, h, w, pixel_thr, stream);
-  else if (dtype == "float64")
-    align_energy_grad_cuda_impl<double>(ptrs, n, e, h, w, pixel_thr, stream);
+template <typename T>
+void launch_align_cuda(const monst3r::CudaArgs& a, double pixel_thr) {
+  monst3r::AlignProblem<T> pb;
+  pb.n_frames = a.dim("N");
+  pb.n_edges = a.dim("E");
+  pb.height = a.dim("H");
+  pb.width = a.dim("W");
+  pb.edges = a.ptr<int64_t>("edges");
+  pb.pts[0] = a.ptr<T>("pts_i");
+  pb.pts[1] = a.ptr<T>("pts_j");
+  pb.weight[0] = a.ptr<T>("w_i");
+  pb.weight[1] = a.ptr<T>("w_j");
+  pb.log_depth = a.ptr<T>("log_depth");
+  pb.rot = a.ptr<T>("rot");
+  pb.trans = a.ptr<T>("trans");
+  pb.focal = a.ptr<T>("focal");
+  pb.pp = a.ptr<T>("pp");
+  pb.edge_rot = a.ptr<T>("edge_rot");
+  pb.edge_trans = a.ptr<T>("edge_trans");
+  pb.edge_scale = a.ptr<T>("edge_scale");
+  monst3r::AlignGrad<T, double> out{a.ptr<double>("energy"), a.ptr<T>("grad_log_depth"),
+                                    a.ptr<double>("grad_frame"), a.ptr<double>("grad_edge")};
+  if (a["flow_ij"].present) {
+    pb.flow[0] = a.ptr<T>("flow_ij");
+    pb.flow[1] = a.ptr<T>("flow_ji");
+    pb.static_mask = a.ptr<T>("static_mask");
+    pb.flow_rot = a.ptr<T>("flow_rot");
+    pb.flow_trans = a.ptr<T>("flow_trans");
+    pb.pixel_thr = static_cast<T>(pixel_thr);
+    out.flow_stats = a.ptr<double>("flow_stats");
+    out.grad_log_depth_flow = a.ptr<T>("grad_log_depth_flow");
+    out.grad_flow = a.ptr<double>("grad_flow");
+  }
+  a.launch([&](void* st) { return monst3r::align_energy_grad_cuda<T>(pb, out, st); });
+}
+
+void align_energy_grad_cuda(
+    const py::object& edges, const py::object& pts_i, const py::object& pts_j,
+    const py::object& w_i, const py::object& w_j, const py::object& log_depth,
+    const py::object& rot, const py::object& trans, const py::object& focal, const py::object& pp,
+    const py::object& edge_rot, const py::object& edge_trans, const py::object& edge_scale,
+    const py::object& energy, const py::object& grad_log_depth, const py::object& grad_frame,
+    const py::object& grad_edge, const py::object& flow_ij, const py::object& flow_ji,
+    const py::object& static_mask, const py::object& flow_rot, const py::object& flow_trans,
+    const py::object& flow_stats, const py::object& grad_log_depth_flow,
+    const py::object& grad_flow, double pixel_thr, std::uintptr_t stream) {
+  monst3r::CudaArgs a("align_energy_grad_cuda", stream);
+  check_align_cuda(a,
+                   {edges, pts_i, pts_j, w_i, w_j, log_depth, rot, trans, focal, pp, edge_rot,
+                    edge_trans, edge_scale, energy, grad_log_depth, grad_frame, grad_edge},
+                   {flow_ij, flow_ji, static_mask, flow_rot, flow_trans, flow_stats,
+                    grad_log_depth_flow, grad_flow});
+  if (a.real_is_f64())
+    launch_align_cuda<double>(a, pixel_thr);
   else
-    throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+    launch_align_cuda<float>(a, pixel_thr);
 }
 
 py::dict build_info() {
@@ -315,10 +338,12 @@ py::dict cuda_status() {
 }  // namespace
 
 // Defined in csrc/bind_*.cpp (one file per group of ops).
+void register_boundary(py::module_& m);
 void register_lm(py::module_& m);
 void register_motion(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
+  register_boundary(m);
   register_lm(m);
   register_motion(m);
   m.doc() = "monst3r_rt compiled core: C++/OpenMP kernels and their CUDA twins";
@@ -336,10 +361,11 @@ PYBIND11_MODULE(_core, m) {
         "CPU: depth (N,H,W) f32, focal (N,) px, pp (N,2) px -> points (N,H,W,3) f32, "
         "camera frame.");
   m.def("depth_to_points_cuda", &depth_to_points_cuda, py::arg("depth"), py::arg("focal"),
-        py::arg("pp"), py::arg("points"), py::arg("n"), py::arg("h"), py::arg("w"),
-        py::arg("stream") = 0,
-        "CUDA: raw device pointers (float32, contiguous) and a cudaStream_t handle; same "
-        "contract as depth_to_points.");
+        py::arg("pp"), py::arg("points"), py::arg("stream") = 0,
+        "CUDA twin of depth_to_points: DLPack float32 C-contiguous arrays on one GPU (torch, "
+        "CuPy) depth (N,H,W), focal (N,), pp (N,2), output points (N,H,W,3); stream: the "
+        "cudaStream_t to run on (int, 0 = legacy default). Every array is checked (device, "
+        "dtype, shape, layout) before the launch; host arrays are refused.");
   m.def("align_energy_grad", &align_energy_grad, py::arg("edges"), py::arg("pts_i"),
         py::arg("pts_j"), py::arg("w_i"), py::arg("w_j"), py::arg("log_depth"), py::arg("rot"),
         py::arg("trans"), py::arg("focal"), py::arg("pp"), py::arg("edge_rot"),
@@ -354,14 +380,27 @@ PYBIND11_MODULE(_core, m) {
         "flow_trans (E,2,3)) also (flow_stats = (sum_ij, count_ij, sum_ji, count_ji), "
         "grad_log_depth_flow (2,N,H,W), grad_flow (E,2,14) = [dR_rel(9) dt_rel(3) df_src "
         "df_tgt]) of the unnormalised kept sums of each direction.");
-  m.def("align_energy_grad_cuda", &align_energy_grad_cuda, py::arg("dtype"), py::arg("pointers"),
-        py::arg("n"), py::arg("e"), py::arg("h"), py::arg("w"), py::arg("pixel_thr") = 50.0,
-        py::arg("stream") = 0,
-        "CUDA twin of align_energy_grad: 25 device pointers in the order edges, pts_i, pts_j, "
-        "w_i, w_j, log_depth, rot, trans, focal, pp, edge_rot, edge_trans, edge_scale, "
-        "energy (one float64), grad_log_depth, grad_frame, grad_edge, then flow_ij, flow_ji, "
-        "static_mask, flow_rot, flow_trans, flow_stats (four float64), grad_log_depth_flow, "
-        "grad_flow (all 0 without the flow term).");
+  m.def("align_energy_grad_cuda", &align_energy_grad_cuda, py::kw_only(), py::arg("edges"),
+        py::arg("pts_i"), py::arg("pts_j"), py::arg("w_i"), py::arg("w_j"), py::arg("log_depth"),
+        py::arg("rot"), py::arg("trans"), py::arg("focal"), py::arg("pp"), py::arg("edge_rot"),
+        py::arg("edge_trans"), py::arg("edge_scale"), py::arg("energy"),
+        py::arg("grad_log_depth"), py::arg("grad_frame"), py::arg("grad_edge"),
+        py::arg("flow_ij") = py::none(), py::arg("flow_ji") = py::none(),
+        py::arg("static_mask") = py::none(), py::arg("flow_rot") = py::none(),
+        py::arg("flow_trans") = py::none(), py::arg("flow_stats") = py::none(),
+        py::arg("grad_log_depth_flow") = py::none(), py::arg("grad_flow") = py::none(),
+        py::arg("pixel_thr") = 50.0, py::arg("stream") = 0,
+        "CUDA twin of align_energy_grad, keyword arguments only: the inputs of align_energy_grad "
+        "as DLPack arrays on one GPU (edges int64, the others all float32 or all float64), and "
+        "the outputs, overwritten: energy (1,) float64, grad_log_depth (N,H,W), grad_frame "
+        "(N,ALIGN_FRAME_BLOCK) float64, grad_edge (E,ALIGN_EDGE_BLOCK) float64; with the flow "
+        "term (all eight flow arguments) also flow_stats (4,) float64, grad_log_depth_flow "
+        "(2,N,H,W) and grad_flow (E,2,ALIGN_FLOW_BLOCK) float64 (the summed blocks are float64: "
+        "they are reduced with double atomics). stream: the cudaStream_t to run on. Every array "
+        "is checked before the launch; edge indices are not range-checked on the device.");
+  m.attr("ALIGN_FRAME_BLOCK") = monst3r::kFrameGrad;
+  m.attr("ALIGN_EDGE_BLOCK") = monst3r::kEdgeGrad;
+  m.attr("ALIGN_FLOW_BLOCK") = monst3r::kFlowGrad;
   m.attr("has_cuda") = py::bool_(
 #ifdef MONST3R_RT_WITH_CUDA
       true

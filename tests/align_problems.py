@@ -8,11 +8,19 @@ from monst3r_rt.align.objective import AlignData, FlowData
 
 
 def random_problem(
-    n: int = 4, h: int = 6, w: int = 8, seed: int = 0, dtype: type = np.float64, flow: bool = False
+    n: int = 4,
+    h: int = 6,
+    w: int = 8,
+    seed: int = 0,
+    dtype: type = np.float64,
+    flow: bool = False,
+    edges: np.ndarray | None = None,
 ) -> tuple[AlignData, dict[str, np.ndarray], FlowData | None]:
-    """A random, well-conditioned problem: pointmaps near a plausible scene, parameters near it."""
+    """A random, well-conditioned problem: pointmaps near a plausible scene, parameters near it.
+    ``edges``: (E,2) pairs of the n frames; default every ordered pair at most 2 frames apart."""
     rng = np.random.default_rng(seed)
-    edges = np.array([(i, j) for i in range(n) for j in range(n) if i != j and abs(i - j) <= 2])
+    if edges is None:
+        edges = np.array([(i, j) for i in range(n) for j in range(n) if i != j and abs(i - j) <= 2])
     e = len(edges)
     pts_i = rng.normal(0, 0.5, (e, h, w, 3)) + [0, 0, 3]
     pts_j = rng.normal(0, 0.5, (e, h, w, 3)) + [0, 0, 3]

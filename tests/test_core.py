@@ -109,12 +109,15 @@ def test_depth_to_points_bad_shapes_name_the_input(depth, focal, pp, message):
         _core.depth_to_points(depth, focal, pp)
 
 
-def test_cuda_twin_matches_cpu(rng):
+def _cuda_or_skip():
     ok, reason = cuda_arrays_available()
     if not ok:
         pytest.skip(reason)
-    import torch
+    return pytest.importorskip("torch")
 
+
+def test_cuda_twin_matches_cpu(rng):
+    torch = _cuda_or_skip()
     depth = rng.uniform(0.5, 5.0, (4, 37, 53)).astype(np.float32)
     focal = rng.uniform(100, 600, 4).astype(np.float32)
     pp = rng.uniform(10, 30, (4, 2)).astype(np.float32)
@@ -125,15 +128,43 @@ def test_cuda_twin_matches_cpu(rng):
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu, rtol=1e-6, atol=1e-6)
 
 
-def test_cuda_entry_without_gpu_is_a_clear_error():
-    if _core.cuda_device_count() > 0:
-        pytest.skip("a GPU is present")
-    if not _core.has_cuda:
-        with pytest.raises(RuntimeError, match="without CUDA"):
-            _core.depth_to_points_cuda(0, 0, 0, 0, 1, 1, 1)
-    else:
-        with pytest.raises(RuntimeError, match="depth_to_points_cuda"):
-            _core.depth_to_points_cuda(0, 0, 0, 0, 1, 1, 1)
+def test_cuda_host_parameters_are_copied_and_cuda_ones_checked(rng):
+    """Host focal / pp next to CUDA depth (the review's CPU-tensor focal) are copied to the GPU;
+    a CUDA focal of the wrong dtype is refused by name, not reinterpreted."""
+    torch = _cuda_or_skip()
+    depth = rng.uniform(0.5, 5.0, (3, 9, 13)).astype(np.float32)
+    focal = rng.uniform(100, 600, 3).astype(np.float32)
+    cpu = depth_to_points(depth, focal)
+    d = torch.from_numpy(depth).cuda()
+    for f in (focal, torch.from_numpy(focal)):
+        np.testing.assert_allclose(depth_to_points(d, f).cpu().numpy(), cpu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(depth_to_points(d, 250.0).cpu().numpy(),
+                               depth_to_points(depth, 250.0), rtol=1e-6, atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match=r"focal: expected float32 on cuda:\d+ with shape \(3,\), "
+                       r"got float64"):  # fmt: skip
+        depth_to_points(d, torch.from_numpy(focal).double().cuda())
+
+
+def test_cuda_device_guard_restores_the_current_device(rng):
+    """A tensor on the last GPU runs there, and the caller's current device is left as it was."""
+    torch = _cuda_or_skip()
+    last = torch.cuda.device_count() - 1
+    depth = rng.uniform(0.5, 5.0, (2, 8, 8)).astype(np.float32)
+    before = torch.cuda.current_device()
+    gpu = depth_to_points(torch.from_numpy(depth).to(f"cuda:{last}"), 300.0)
+    assert gpu.device.index == last
+    assert torch.cuda.current_device() == before
+    np.testing.assert_allclose(gpu.cpu().numpy(), depth_to_points(depth, 300.0), rtol=1e-6)
+
+
+def test_cuda_array_without_cuda_kernels_is_a_clear_error():
+    """The wrapper says why before anything else (the entry points: test_cuda_boundary.py)."""
+    if _core.has_cuda:
+        pytest.skip("built with CUDA kernels: covered by test_cuda_boundary.py")
+    from fake_dlpack import cuda
+
+    with pytest.raises(RuntimeError, match="depth is a CUDA array .* without CUDA kernels"):
+        depth_to_points(cuda(2, 4, 4), 1.0)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

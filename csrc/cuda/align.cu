@@ -1,12 +1,48 @@
 // CUDA twin of the alignment kernel: one block per (edge, side); threads stride over pixels,
 // per-frame / per-edge sums are block-reduced, then added atomically (a frame is shared by
 // many edges; an edge by its two sides). Log-depth gradients are added atomically per pixel.
+//
+// Precision: every reduction is carried in double or compensated so that the sums agree with
+// the CPU twin (which sums in double) at realistic sizes (E·H·W ≈ 10⁷ terms per block row):
+//   per-thread sums  double where FP64 is fast (sm_80, sm_90, sm_100) or T = double;
+//                    elsewhere (Jetson Orin, consumer GPUs: FP64 at 1/32–1/64 rate)
+//                    Neumaier-compensated float, whose error does not grow with the number
+//                    of terms;
+//   warp, block and cross-block sums  double (shuffles, shared memory, double atomics), and the
+//                    summed blocks (grad_frame, grad_edge, grad_flow, energy, flow_stats) are
+//                    written in double;
+//   per-pixel log-depth gradients  T atomics: a pixel sums one term per incident (edge, side),
+//                    a few tens of terms, exactly as the CPU twin (which sums them in T too).
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "monst3r/align.h"
 #include "monst3r/kernels.h"
 
 namespace monst3r {
+namespace align_sums {  // named (not anonymous): only some architectures use these
+
+// Neumaier-compensated float sum: the rounding error of each addition is kept in `comp`, so the
+// error of the total does not grow with the number of terms (also when terms cancel).
+struct CompensatedSum {
+  float sum = 0.0f, comp = 0.0f;
+  __device__ CompensatedSum& operator+=(float x) {
+    const float t = sum + x;
+    comp += fabsf(sum) >= fabsf(x) ? (sum - t) + x : (x - t) + sum;
+    sum = t;
+    return *this;
+  }
+  __device__ CompensatedSum& operator-=(float x) { return *this += -x; }
+};
+
+__device__ inline double total(double v) { return v; }
+__device__ inline double total(const CompensatedSum& v) {
+  return static_cast<double>(v.sum) + static_cast<double>(v.comp);
+}
+
+}  // namespace align_sums
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -14,15 +50,23 @@ constexpr int kSums = kFrameGrad + kEdgeGrad + 1;  // + energy
 constexpr int kFlowSums = kFlowGrad + 2;             // + kept loss, kept count
 constexpr int kAll = kSums + kFlowSums;
 
-template <typename T>
-__device__ T warp_sum(T v) {
+#if defined(__CUDA_ARCH__) && \
+    (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 900 || __CUDA_ARCH__ == 1000)
+constexpr bool kFastFp64 = true;
+#else
+constexpr bool kFastFp64 = false;
+#endif
+
+__device__ double warp_sum(double v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
   return v;
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    align_kernel(AlignProblem<T> pb, AlignGrad<T> out) {
+    align_kernel(AlignProblem<T> pb, AlignGrad<T, double> out) {
+  using Acc = std::conditional_t<std::is_same_v<T, double> || kFastFp64, double,
+                                 align_sums::CompensatedSum>;
   const int64_t e = blockIdx.x >> 1;
   const int side = blockIdx.x & 1;
   const int64_t v = pb.edges[2 * e + side];
@@ -46,17 +90,16 @@ __global__ void __launch_bounds__(kThreads)
   const T* meas = with_flow ? pb.flow[side] + e * 2 * hw : nullptr;
   const T* mask = with_flow ? pb.static_mask + v * hw : nullptr;
 
-  T acc[kAll];
-  for (int k = 0; k < kAll; ++k) acc[k] = T(0);
+  Acc acc[kAll] = {};
   for (int64_t p = threadIdx.x; p < hw; p += blockDim.x) {
     const T y = static_cast<T>(p / pb.width), x = static_cast<T>(p % pb.width);
     const T d = m_exp(logd[p]);
     if (with_flow) {
-      T g_logd;
+      T g_logd, kept = T(0);
       acc[kSums + kFlowGrad] +=
-          flow_residual(x, y, d, f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p],
-                        meas[hw + p], mask[p], pb.pixel_thr, &acc[kSums + kFlowGrad + 1],
-                        acc + kSums, &g_logd);
+          flow_residual(x, y, d, f, cx, cy, ft, cxt, cyt, Rrel, trel, meas[p], meas[hw + p],
+                        mask[p], pb.pixel_thr, &kept, acc + kSums, &g_logd);
+      acc[kSums + kFlowGrad + 1] += kept;
       atomicAdd(out.grad_log_depth_flow + (side * pb.n_frames + v) * hw + p, g_logd);
     }
     const T wp = wts[p];
@@ -68,17 +111,19 @@ __global__ void __launch_bounds__(kThreads)
     atomicAdd(gl + p, gd);
   }
 
-  __shared__ T partial[kThreads / 32][kAll];
+  __shared__ double partial[kThreads / 32][kAll];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n_sums = with_flow ? kAll : kSums;
-  for (int k = 0; k < n_sums; ++k) {
-    const T s = warp_sum(acc[k]);
+#pragma unroll
+  for (int k = 0; k < kAll; ++k) {  // constant indices keep acc in registers
+    if (k >= n_sums) break;
+    const double s = warp_sum(align_sums::total(acc[k]));
     if (lane == 0) partial[warp][k] = s;
   }
   __syncthreads();
   if (warp == 0) {
     for (int k = 0; k < n_sums; ++k) {
-      T s = lane < kThreads / 32 ? partial[lane][k] : T(0);
+      double s = lane < kThreads / 32 ? partial[lane][k] : 0.0;
       s = warp_sum(s);
       if (lane == 0) {
         if (k < kFrameGrad)
@@ -86,11 +131,11 @@ __global__ void __launch_bounds__(kThreads)
         else if (k < kFrameGrad + kEdgeGrad)
           atomicAdd(out.grad_edge + e * kEdgeGrad + (k - kFrameGrad), s);
         else if (k == kSums - 1)
-          atomicAdd(out.energy, static_cast<double>(s));
+          atomicAdd(out.energy, s);
         else if (k < kSums + kFlowGrad)
           out.grad_flow[(2 * e + side) * kFlowGrad + (k - kSums)] = s;  // owned by this block
         else
-          atomicAdd(out.flow_stats + 2 * side + (k - kSums - kFlowGrad), static_cast<double>(s));
+          atomicAdd(out.flow_stats + 2 * side + (k - kSums - kFlowGrad), s);
       }
     }
   }
@@ -99,7 +144,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 template <typename T>
-std::string align_energy_grad_cuda(const AlignProblem<T>& pb, const AlignGrad<T>& out,
+std::string align_energy_grad_cuda(const AlignProblem<T>& pb, const AlignGrad<T, double>& out,
                                    void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t hw = pb.height * pb.width;
@@ -107,9 +152,9 @@ std::string align_energy_grad_cuda(const AlignProblem<T>& pb, const AlignGrad<T>
   if (err == cudaSuccess)
     err = cudaMemsetAsync(out.grad_log_depth, 0, sizeof(T) * pb.n_frames * hw, stream);
   if (err == cudaSuccess)
-    err = cudaMemsetAsync(out.grad_frame, 0, sizeof(T) * pb.n_frames * kFrameGrad, stream);
+    err = cudaMemsetAsync(out.grad_frame, 0, sizeof(double) * pb.n_frames * kFrameGrad, stream);
   if (err == cudaSuccess)
-    err = cudaMemsetAsync(out.grad_edge, 0, sizeof(T) * pb.n_edges * kEdgeGrad, stream);
+    err = cudaMemsetAsync(out.grad_edge, 0, sizeof(double) * pb.n_edges * kEdgeGrad, stream);
   if (err == cudaSuccess && pb.flow[0] != nullptr) {
     err = cudaMemsetAsync(out.flow_stats, 0, 4 * sizeof(double), stream);
     if (err == cudaSuccess)
@@ -124,8 +169,8 @@ std::string align_energy_grad_cuda(const AlignProblem<T>& pb, const AlignGrad<T>
 }
 
 template std::string align_energy_grad_cuda<float>(const AlignProblem<float>&,
-                                                    const AlignGrad<float>&, void*);
+                                                    const AlignGrad<float, double>&, void*);
 template std::string align_energy_grad_cuda<double>(const AlignProblem<double>&,
-                                                     const AlignGrad<double>&, void*);
+                                                     const AlignGrad<double, double>&, void*);
 
 }  // namespace monst3r

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._device import current_stream, device_pointer, empty_like_shape, is_cuda_array
+from ._device import empty_like_shape, is_cuda_array, on_device, per_view, require_cuda_kernels
 
 __all__ = ["ego_flow", "ego_flow_error", "relative_pose"]
 
@@ -71,7 +71,9 @@ def ego_flow(
 
     Args:
         depth: (M,H,W) float32 z-depth of the source views; numpy, or a torch CUDA tensor / CuPy
-            array (then the CUDA kernel runs and the result stays on the device).
+            array (then the CUDA kernel runs and the result stays on the device; the other
+            arguments may then be host values, broadcast and copied to depth's GPU, or float32
+            CUDA arrays of the full (M,…) shapes on that GPU).
         focal_src, focal_tgt: (M,) or scalar focal lengths in pixels.
         rot: (M,3,3) or (3,3) rotation mapping the source camera to the target camera.
         trans: (M,3) or (3,) translation of that map, in the unit of ``depth``.
@@ -102,7 +104,7 @@ def ego_flow_error(
 def _run(depth: Any, geometry: tuple, measured: Any | None = None) -> tuple[Any, Any]:
     """``(flow, None)``, or ``(None, error)`` when ``measured`` is given, on depth's device."""
     if is_cuda_array(depth):
-        return _cuda(depth, _args(depth, *geometry), measured)
+        return _cuda(depth, geometry, measured)
     depth = np.ascontiguousarray(depth, dtype=np.float32)
     args = _args(depth, *geometry)
     if measured is None:
@@ -111,35 +113,28 @@ def _run(depth: Any, geometry: tuple, measured: Any | None = None) -> tuple[Any,
     return _core.ego_flow(depth, *args, measured=measured, return_flow=False)
 
 
-def _cuda(depth: Any, args: tuple, measured: Any | None = None) -> tuple[Any, Any]:
-    if not _core.has_cuda:
-        raise RuntimeError(
-            "depth is a CUDA array but monst3r_rt._core was built without CUDA kernels: "
-            f"{_core.build_info()['cuda_reason']}"
-        )
+def _cuda(depth: Any, geometry: tuple, measured: Any | None = None) -> tuple[Any, Any]:
+    """The CUDA twin: CUDA per-map arguments pass through (checked by ``_core``), host ones are
+    broadcast and copied next to ``depth``; ``measured`` must be on the GPU."""
+    require_cuda_kernels("depth")
+    if len(depth.shape) != 3:
+        raise ValueError(f"depth must have shape (M,H,W), got {tuple(depth.shape)}")
     m, h, w = (int(s) for s in depth.shape)
-    small = [_like(depth, a) for a in args]  # a few floats per map, copied next to depth
-    names = ("focal_src", "pp_src", "focal_tgt", "pp_tgt", "rot", "trans")
-    ptrs = [device_pointer(depth, "depth", (m, h, w))]
-    ptrs += [device_pointer(d, n, tuple(d.shape)) for d, n in zip(small, names, strict=True)]
-    flow = error = None
-    if measured is None:
-        flow = empty_like_shape(depth, (m, 2, h, w))
-        ptrs += [0, device_pointer(flow, "flow", (m, 2, h, w)), 0]
-    else:
+    focal_src, focal_tgt, rot, trans, pp_src, pp_tgt = geometry
+    centre = np.array([w / 2, h / 2], np.float32)
+    with on_device(depth) as stream:
+        kw = dict(
+            focal_src=per_view(depth, focal_src, (m,), "focal_src"),
+            pp_src=per_view(depth, centre if pp_src is None else pp_src, (m, 2), "pp_src"),
+            focal_tgt=per_view(depth, focal_tgt, (m,), "focal_tgt"),
+            pp_tgt=per_view(depth, centre if pp_tgt is None else pp_tgt, (m, 2), "pp_tgt"),
+            rot=per_view(depth, rot, (m, 3, 3), "rot"),
+            trans=per_view(depth, trans, (m, 3), "trans"),
+        )
+        if measured is None:
+            flow = empty_like_shape(depth, (m, 2, h, w))
+            _core.ego_flow_cuda(depth, **kw, flow=flow, stream=stream)
+            return flow, None
         error = empty_like_shape(depth, (m, h, w))
-        ptrs += [device_pointer(measured, "measured", (m, 2, h, w)), 0]
-        ptrs += [device_pointer(error, "error", (m, h, w))]
-    _core.ego_flow_cuda(ptrs, m, h, w, current_stream(depth))
-    return flow, error
-
-
-def _like(ref: Any, a: np.ndarray) -> Any:
-    """Contiguous float32 ``a`` as an array of ``ref``'s library, on its device."""
-    if type(ref).__module__.startswith("torch"):
-        import torch
-
-        return torch.from_numpy(a).to(ref.device)
-    import cupy
-
-    return cupy.asarray(a)
+        _core.ego_flow_cuda(depth, **kw, measured=measured, error=error, stream=stream)
+        return None, error

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._device import current_stream, device_pointer, empty_like_shape, is_cuda_array
+from ._device import empty_like_shape, is_cuda_array, on_device, per_view, require_cuda_kernels
 
 
 def depth_to_points(depth: Any, focal: Any, pp: Any | None = None) -> Any:
@@ -15,8 +15,10 @@ def depth_to_points(depth: Any, focal: Any, pp: Any | None = None) -> Any:
 
     Args:
         depth: (N,H,W) float32 z-depth (any unit); numpy, or a torch CUDA tensor / CuPy array.
-        focal: (N,) focal lengths in pixels.
+        focal: (N,) focal lengths in pixels (or a scalar).
         pp: (N,2) principal points (cx, cy) in pixels; default (W/2, H/2) as in MonST3R.
+            With CUDA ``depth``, CUDA ``focal`` / ``pp`` must be float32 on depth's GPU with
+            exactly these shapes (checked); host values are broadcast and copied there.
 
     Returns:
         (N,H,W,3) float32 points in each view's camera frame (x right, y down, z forward), on the
@@ -35,27 +37,14 @@ def depth_to_points(depth: Any, focal: Any, pp: Any | None = None) -> Any:
 
 
 def _depth_to_points_cuda(depth: Any, focal: Any, pp: Any | None) -> Any:
-    if not _core.has_cuda:
-        raise RuntimeError(
-            "depth is a CUDA array but monst3r_rt._core was built without CUDA kernels: "
-            f"{_core.build_info()['cuda_reason']}"
-        )
+    require_cuda_kernels("depth")
     if len(depth.shape) != 3:
         raise ValueError(f"depth must have shape (N,H,W), got {tuple(depth.shape)}")
     n, h, w = (int(s) for s in depth.shape)
-    if pp is None:
-        pp = empty_like_shape(depth, (n, 2))
-        pp[:, 0] = w / 2
-        pp[:, 1] = h / 2
-    out = empty_like_shape(depth, (n, h, w, 3))
-    _core.depth_to_points_cuda(
-        device_pointer(depth, "depth", (n, h, w)),
-        device_pointer(focal, "focal", (n,)),
-        device_pointer(pp, "pp", (n, 2)),
-        device_pointer(out, "points", (n, h, w, 3)),
-        n,
-        h,
-        w,
-        current_stream(depth),
-    )
+    centre = np.array([w / 2, h / 2], np.float32)
+    with on_device(depth) as stream:
+        focal = per_view(depth, focal, (n,), "focal")
+        pp = per_view(depth, centre if pp is None else pp, (n, 2), "pp")
+        out = empty_like_shape(depth, (n, h, w, 3))
+        _core.depth_to_points_cuda(depth, focal, pp, out, stream=stream)
     return out

@@ -143,18 +143,20 @@ struct AlignProblem {
 
 // Outputs: energy = Σ w‖X − Y‖ over both views of all edges (not normalised);
 // grad_log_depth (N,HW), grad_frame (N,kFrameGrad), grad_edge (E,kEdgeGrad), all overwritten.
-template <typename T>
+// S: type of the summed blocks (grad_frame, grad_edge, grad_flow): T on the CPU (summed in
+// double, then rounded), double on CUDA (summed with double atomics, left in double).
+template <typename T, typename S = T>
 struct AlignGrad {
   double* energy;
   T* grad_log_depth;
-  T* grad_frame;
-  T* grad_edge;
+  S* grad_frame;
+  S* grad_edge;
   // Flow term outputs (when the problem has flows), per direction d (0 = i→j, 1 = j→i), of the
   // *unnormalised* kept sums: flow_stats = {Σ loss_0, count_0, Σ loss_1, count_1},
   // grad_log_depth_flow (2,N,HW) and grad_flow (E,2,kFlowGrad).
   double* flow_stats = nullptr;
   T* grad_log_depth_flow = nullptr;
-  T* grad_flow = nullptr;
+  S* grad_flow = nullptr;
 };
 
 }  // namespace monst3r

@@ -52,19 +52,30 @@ double estimate_focal_cpu(const float* pts, const float* weights, int64_t h, int
 int cpu_num_threads();
 void set_cpu_num_threads(int n);
 
-#ifdef MONST3R_RT_WITH_CUDA
-// Same contract as the CPU twin; every pointer is device memory; `stream` is a cudaStream_t
-// (0 = legacy default stream). Returns an empty string on success, else the CUDA error text.
+// ---- CUDA launchers ----------------------------------------------------------------------------
+// Declared in every build, defined (csrc/cuda/*.cu) only with MONST3R_RT_WITH_CUDA: call them only
+// from inside monst3r::CudaArgs::launch (monst3r/cuda_args.h), which never runs its launcher in a
+// build without CUDA kernels. Every pointer is device memory; `stream` is a cudaStream_t (0 =
+// legacy default stream). They return an empty string on success, else the CUDA error text.
+
+// Same contract as the CPU twin.
 std::string depth_to_points_cuda(const float* depth, const float* focal, const float* pp,
                                  float* points, int64_t n, int64_t h, int64_t w, void* stream);
 
-// CUDA twin: every pointer of `problem` and `out` is device memory (out.energy: one double).
+// Alignment (out.energy: one double). Per-thread sums are double or compensated, block
+// reductions and atomics double, so the summed blocks are double.
 template <typename T>
-std::string align_energy_grad_cuda(const AlignProblem<T>& problem, const AlignGrad<T>& out,
-                                   void* stream);
+std::string align_energy_grad_cuda(const AlignProblem<T>& problem,
+                                   const AlignGrad<T, double>& out, void* stream);
 
-// CUDA twin of ego_flow_cpu: every pointer is device memory.
+// CUDA twin of ego_flow_cpu.
 std::string ego_flow_cuda(const EgoFlowProblem& pb, void* stream);
+
+#ifdef MONST3R_RT_WITH_CUDA
+// The calling thread's current CUDA device / make `device` current (monst3r::DeviceGuard).
+// Empty string on success, else the CUDA error text.
+std::string cuda_get_device(int* device);
+std::string cuda_set_device(int device);
 
 // Usable CUDA devices (0 when no driver / no GPU); `reason` says why when 0.
 int cuda_device_count(std::string* reason);

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from .._device import on_device
 from . import params as P
 from .objective import AlignData, FlowData
 
-_FRAME, _EDGE, _FLOW = 13, 13, 14
+# Gradient-block sizes, from the compiled core (never retyped here).
+_FRAME, _EDGE, _FLOW = _core.ALIGN_FRAME_BLOCK, _core.ALIGN_EDGE_BLOCK, _core.ALIGN_FLOW_BLOCK
 
 
 def require_cuda() -> Any:
@@ -47,34 +49,39 @@ class CudaKernel:
         torch = require_cuda()
         self.torch = torch
         self.device = torch.device(device)
-        dt = torch.float64 if data.pts_i.dtype == np.float64 else torch.float32
-        self.dtype_name = "float64" if dt == torch.float64 else "float32"
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.np_dtype = np.float64 if data.pts_i.dtype == np.float64 else np.float32
+        dt = torch.float64 if self.np_dtype == np.float64 else torch.float32
+        self.n, self.e = data.n_frames, len(data.edges)
+        self.h, self.w = data.shape
+        if self.e and (data.edges.min() < 0 or data.edges.max() >= self.n):
+            raise ValueError(f"edges reference frames outside 0..{self.n - 1}")
 
         def up(a: np.ndarray, dtype: Any = dt) -> Any:
             return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype)
 
-        self.n, self.e = data.n_frames, len(data.edges)
-        self.h, self.w = data.shape
         self.inputs = {
             "edges": up(data.edges, torch.int64),
             "pts_i": up(data.pts_i), "pts_j": up(data.pts_j),
             "w_i": up(data.w_i), "w_j": up(data.w_j), "pp": up(data.pp),
         }  # fmt: skip
         n, e, h, w = self.n, self.e, self.h, self.w
-        self.out = {
-            "energy": torch.zeros(1, dtype=torch.float64, device=self.device),
-            "g_depth": torch.zeros((n, h, w), dtype=dt, device=self.device),
-            "g_frame": torch.zeros((n, _FRAME), dtype=dt, device=self.device),
-            "g_edge": torch.zeros((e, _EDGE), dtype=dt, device=self.device),
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.out = {  # the summed blocks are float64 (double atomics); overwritten by each call
+            "energy": torch.zeros(1, **f64),
+            "grad_log_depth": torch.zeros((n, h, w), dtype=dt, device=self.device),
+            "grad_frame": torch.zeros((n, _FRAME), **f64),
+            "grad_edge": torch.zeros((e, _EDGE), **f64),
         }
         self.flow = None
         if flow is not None:
             self.flow = {
                 "flow_ij": up(flow.flow_ij), "flow_ji": up(flow.flow_ji),
-                "static": up(flow.static),
-                "stats": torch.zeros(4, dtype=torch.float64, device=self.device),
-                "g_depth": torch.zeros((2, n, h, w), dtype=dt, device=self.device),
-                "g_flow": torch.zeros((e, 2, _FLOW), dtype=dt, device=self.device),
+                "static_mask": up(flow.static),
+                "flow_stats": torch.zeros(4, **f64),
+                "grad_log_depth_flow": torch.zeros((2, n, h, w), dtype=dt, device=self.device),
+                "grad_flow": torch.zeros((e, 2, _FLOW), **f64),
             }  # fmt: skip
         self.dt = dt
 
@@ -85,41 +92,32 @@ class CudaKernel:
     def __call__(self, data: AlignData, geo: P.Geometry, flow_args: dict[str, Any]) -> tuple:
         torch = self.torch
 
-        def up(a: Any) -> Any:
+        def up(a: Any) -> Any:  # device tensors pass through: _core checks them
             if isinstance(a, torch.Tensor):
-                if a.device != self.device or a.dtype != self.dt or not a.is_contiguous():
-                    raise ValueError(
-                        f"log_depth must be a contiguous {self.dt} tensor on {self.device}"
-                    )
                 return a
             return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dt)
 
-        small = [up(geo.depth_log), up(geo.rot), up(geo.trans), up(geo.focal)]
-        edge = [up(geo.edge_rot), up(geo.edge_trans), up(geo.edge_scale)]
-        i, o = self.inputs, self.out
-        ptrs = [i["edges"], i["pts_i"], i["pts_j"], i["w_i"], i["w_j"], *small, i["pp"], *edge]
-        ptrs += [o["energy"], o["g_depth"], o["g_frame"], o["g_edge"]]
-        use_flow = bool(flow_args)
-        if use_flow:
+        frames = dict(log_depth=up(geo.depth_log), rot=up(geo.rot), trans=up(geo.trans),
+                      focal=up(geo.focal))  # fmt: skip
+        edges = dict(edge_rot=up(geo.edge_rot), edge_trans=up(geo.edge_trans),
+                     edge_scale=up(geo.edge_scale))  # fmt: skip
+        flow: dict[str, Any] = {}
+        if flow_args:
             if self.flow is None:
                 raise ValueError("this CudaKernel was built without flows")
-            f = self.flow
-            rel = [up(flow_args["flow_rot"]), up(flow_args["flow_trans"])]
-            ptrs += [f["flow_ij"], f["flow_ji"], f["static"], *rel]
-            ptrs += [f["stats"], f["g_depth"], f["g_flow"]]
-        addresses = [int(t.data_ptr()) for t in ptrs] + [0] * (25 - len(ptrs))
-        stream = int(torch.cuda.current_stream(self.device).cuda_stream)
-        pixel_thr = float(flow_args.get("pixel_thr", 50.0))
-        _core.align_energy_grad_cuda(
-            self.dtype_name, addresses, self.n, self.e, self.h, self.w, pixel_thr, stream
-        )
-        result = (
-            float(o["energy"].item()),
-            o["g_depth"].clone(),
-            o["g_frame"].cpu().numpy(),
-            o["g_edge"].cpu().numpy(),
-        )
-        if not use_flow:
+            rel = dict(flow_rot=up(flow_args["flow_rot"]), flow_trans=up(flow_args["flow_trans"]))
+            flow = dict(self.flow, **rel, pixel_thr=float(flow_args.get("pixel_thr", 50.0)))
+        o = self.out
+        with on_device(o["energy"]) as stream:
+            _core.align_energy_grad_cuda(**self.inputs, **frames, **edges, **o, **flow,
+                                         stream=stream)  # fmt: skip
+        host = {k: o[k].cpu().numpy().astype(self.np_dtype) for k in ("grad_frame", "grad_edge")}
+        result = (float(o["energy"].item()), o["grad_log_depth"].clone(), host["grad_frame"],
+                  host["grad_edge"])  # fmt: skip
+        if not flow:
             return result
-        stats = tuple(float(v) for v in self.flow["stats"].cpu().numpy())
-        return (*result, stats, self.flow["g_depth"].clone(), self.flow["g_flow"].cpu().numpy())
+        f = self.flow
+        assert f is not None
+        stats = tuple(float(v) for v in f["flow_stats"].cpu().numpy())
+        g_flow = f["grad_flow"].cpu().numpy().astype(self.np_dtype)
+        return (*result, stats, f["grad_log_depth_flow"].clone(), g_flow)

@@ -217,6 +217,10 @@ class _Engine:
         return bufs
 
     def run(self, feeds: dict[str, Any], stream: Any) -> dict[str, Any]:
+        """Enqueue one inference on ``stream``, which must be torch's current stream and must
+        already wait for the work that produced ``feeds`` (see :meth:`TensorRTBackend._on_stream`).
+        Returns the engine's own output buffers: copy them (on a stream that waits for
+        ``stream``) before the next call overwrites them."""
         import torch
 
         b = int(next(iter(feeds.values())).shape[0])
@@ -242,8 +246,11 @@ class _Engine:
 class TensorRTBackend(Backend):
     """Engines of an export folder (built on first use, then cached) on the current CUDA device.
 
-    Tokens stay on the GPU as torch tensors; every enqueue goes on one torch stream; repeated
-    calls at one batch size replay a CUDA graph (``cuda_graphs=False`` to turn that off).
+    Tokens stay on the GPU as torch tensors; every engine enqueue goes on the backend's own
+    torch stream, which waits for the caller's current stream (where the tokens were gathered)
+    and which the caller's stream then waits for (``wait_stream`` both ways, no host sync but
+    the final copy to NumPy); repeated calls at one batch size replay a CUDA graph
+    (``cuda_graphs=False`` to turn that off).
     """
 
     def __init__(self, folder: str | os.PathLike[str], max_batch: int = 16,
@@ -264,20 +271,27 @@ class TensorRTBackend(Backend):
         self.stream = torch.cuda.Stream()
         self.name = f"tensorrt-{_gpu_sm()}-{self.manifest.precision}"
 
+    def _on_stream(self, engine: _Engine, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Run ``engine`` on the backend's stream, ordered after the caller's stream (which
+        produced ``feeds`` and may still be reading the outputs of the previous call), and make
+        the caller's stream wait for it before it touches the outputs."""
+        caller = self.torch.cuda.current_stream()
+        self.stream.wait_stream(caller)
+        with self.torch.cuda.stream(self.stream):
+            out = engine.run(feeds, self.stream)
+        caller.wait_stream(self.stream)
+        return out
+
     def encode(self, images: np.ndarray) -> Any:
         self.check_size(images.shape[2:4])
         x = self.torch.as_tensor(np.ascontiguousarray(images, np.float32)).cuda()
-        with self.torch.cuda.stream(self.stream):
-            out = self.encoder.run({"images": x}, self.stream)["tokens"].clone()
-        self.stream.synchronize()
-        return out
+        out = self._on_stream(self.encoder, {"images": x})
+        return out["tokens"].clone()  # on the caller's stream, which now waits for the engine
 
     def decode(self, tokens1: Any, tokens2: Any, image_size: tuple[int, int]) -> Outputs:
         self.check_size(image_size)
         feeds = {"tokens1": tokens1.contiguous(), "tokens2": tokens2.contiguous()}
-        with self.torch.cuda.stream(self.stream):
-            out = self.decoder.run(feeds, self.stream)
-        self.stream.synchronize()
+        out = self._on_stream(self.decoder, feeds)
         return tuple(out[n].cpu().numpy() for n in ("pts1", "conf1", "pts2", "conf2"))  # type: ignore[return-value]
 
     def cat(self, tokens: list[Any]) -> Any:
