@@ -178,6 +178,75 @@ def test_tensorrt_backend_and_cli(fp32_dir, capsys):
     assert "tensorrt" in capsys.readouterr().err.lower()
 
 
+def test_tensorrt_streams_meet_with_wait_stream():
+    """Without a GPU: the order in which encode / decode touch the streams, with a recording
+    stand-in for torch.cuda. The engine runs on the backend's stream only after that stream
+    waits for the caller's (where the tokens were gathered: the race of the review), and the
+    caller's stream waits for the engine before it reads the outputs (clone / copy to host)."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from monst3r_rt.deploy.tensorrt import TensorRTBackend
+
+    log: list[tuple[str, ...]] = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append((self.name, "waits for", other.name))
+
+    caller, own = Stream("caller"), Stream("backend")
+
+    @contextmanager
+    def on(stream):
+        log.append(("enter", stream.name))
+        yield
+        log.append(("leave", stream.name))
+
+    class Buffer:  # an engine output: reads are logged with the stream they run on
+        def __init__(self, name):
+            self.name = name
+
+        def clone(self):
+            log.append(("clone", self.name))
+            return self
+
+        def cpu(self):
+            log.append(("to host", self.name))
+            return SimpleNamespace(numpy=lambda: np.zeros(1))
+
+    class Engine:
+        def __init__(self, outputs):
+            self.outputs = outputs
+
+        def run(self, feeds, stream):
+            log.append(("run", stream.name, *sorted(feeds)))
+            return {n: Buffer(n) for n in self.outputs}
+
+    def as_tensor(a):  # the H2D copy, on the caller's stream
+        return SimpleNamespace(cuda=lambda: (log.append(("to device",)), a)[1])
+
+    cuda = SimpleNamespace(current_stream=lambda: caller, stream=on)
+    backend = object.__new__(TensorRTBackend)
+    backend.torch = SimpleNamespace(cuda=cuda, as_tensor=as_tensor)
+    backend.stream, backend.image_size = own, (H, W)
+    backend.encoder = Engine(["tokens"])
+    backend.decoder = Engine(["pts1", "conf1", "pts2", "conf2"])
+    tokens = torch.zeros(2, 3)
+    backend.decode(tokens, tokens, (H, W))
+    assert log[:5] == [("backend", "waits for", "caller"), ("enter", "backend"),
+                       ("run", "backend", "tokens1", "tokens2"), ("leave", "backend"),
+                       ("caller", "waits for", "backend")]  # fmt: skip
+    assert [e[0] for e in log[5:]] == ["to host"] * 4
+    log.clear()
+    backend.encode(np.zeros((1, 3, H, W), np.float32))
+    assert log == [("to device",), ("backend", "waits for", "caller"), ("enter", "backend"),
+                   ("run", "backend", "images"), ("leave", "backend"),
+                   ("caller", "waits for", "backend"), ("clone", "tokens")]  # fmt: skip
+
+
 def test_tensorrt_engines_match(fp32_dir):
     ok, reason = tensorrt_available()
     if not ok:

@@ -49,8 +49,6 @@ class CudaKernel:
         torch = require_cuda()
         self.torch = torch
         self.device = torch.device(device)
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
         self.np_dtype = np.float64 if data.pts_i.dtype == np.float64 else np.float32
         dt = torch.float64 if self.np_dtype == np.float64 else torch.float32
         self.n, self.e = data.n_frames, len(data.edges)
