@@ -53,3 +53,23 @@ def assert_poses_close(actual, desired, rel: float = 1e-6, err_msg: str = "") ->
                                atol=tol * t_scale, err_msg=f"translations {err_msg}")  # fmt: skip
     np.testing.assert_allclose(actual[..., 3, :], desired[..., 3, :], rtol=0, atol=1e-12,
                                err_msg=f"bottom row {err_msg}")  # fmt: skip
+
+
+def assert_points_close(actual, desired, rtol: float, err_msg: str = "") -> None:
+    """(..., 3) points: each point's error norm within ``rtol`` of its own norm, plus
+    ``rtol · 1e-3 · max norm`` (points at the origin). A coordinate near zero of a far point
+    carries the rounding of the point's norm, which an element-wise ``rtol`` would miss."""
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    norm = np.linalg.norm(desired, axis=-1)
+    err = np.linalg.norm(actual - desired, axis=-1)
+    tol = rtol * (norm + 1e-3 * scale_of(norm))
+    bad = ~(err <= tol)
+    if bad.any():
+        k = np.unravel_index(np.argmax(np.where(bad, err / tol, 0)), err.shape)
+        raise AssertionError(
+            f"{int(bad.sum())} of {err.size} points differ by more than {rtol:g} of their norm "
+            f"(worst at {tuple(int(i) for i in k)}: error {err[k]:.3g}, norm {norm[k]:.3g}) "
+            f"{err_msg}"
+        )
