@@ -12,7 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny_models import TINY_LINEAR  # noqa: E402
 from tolerance import assert_close, assert_poses_close, scale_of  # noqa: E402
 
 from monst3r_rt import (  # noqa: E402
@@ -21,28 +20,10 @@ from monst3r_rt import (  # noqa: E402
     make_pairs,  # noqa: E402
 )
 from monst3r_rt.align import AlignConfig  # noqa: E402
-from monst3r_rt.network import PointmapNet, save_checkpoint  # noqa: E402
 from monst3r_rt.pipeline import Pipeline  # noqa: E402
 from monst3r_rt.reconstruction import Reconstruction  # noqa: E402
 from monst3r_rt.synthetic import make_scene  # noqa: E402
 from monst3r_rt.viewer import render_png  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny official-layout checkpoint and an 8-frame clip (PNG folder and an AVI video)."""
-    d = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(PointmapNet(**TINY_LINEAR), d / "tiny.pth")
-    sc = make_scene(n_frames=8, size=(120, 160), n_objects=1, object_motion=0.1, seed=0)
-    (d / "clip").mkdir()
-    for i, im in enumerate(sc.images):
-        cv2.imwrite(str(d / "clip" / f"{i:03d}.png"), im[..., ::-1])
-    video = cv2.VideoWriter(str(d / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
-    for im in sc.images:
-        video.write(im[..., ::-1])
-    video.release()
-    return d, ckpt
 
 
 def _pipe(ckpt, **kw) -> Pipeline:
