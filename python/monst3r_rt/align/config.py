@@ -49,6 +49,19 @@ def cuda_unavailable() -> str | None:
     return None
 
 
+def _resolve_device(device: str, caps: SolverSupport, cli: bool, no_path: str, adam: str) -> str:
+    """``device`` checked against the solver's CUDA path and this machine; ``auto`` → what runs."""
+    other = phrase(cli, "device='cpu' or 'auto'", "--device cpu or --device auto")
+    if device == "cuda" and not caps.cuda:
+        raise ValueError(f"{no_path}: use {other}, or {adam}")
+    reason = cuda_unavailable() if device != "cpu" and caps.cuda else None
+    if device == "cuda" and reason is not None:
+        raise RuntimeError(f"{reason}; use {other}")
+    if device == "auto":
+        return "cuda" if caps.cuda and reason is None else "cpu"
+    return device
+
+
 def phrase(cli: bool, api: str, flag: str) -> str:
     """An option as the user wrote it: the Python argument ``api`` or the CLI ``flag``."""
     return flag if cli else api
@@ -148,16 +161,7 @@ class AlignConfig:
                 raise ImportError(
                     f"{name} needs {module}: pip install 'monst3r-rt[{extra}]' (or use {adam})"
                 )
-        if device == "cuda" and not caps.cuda:
-            other = phrase(cli, "device='cpu' or 'auto'", "--device cpu or --device auto")
-            raise ValueError(f"{name} has no CUDA path yet: use {other}, or {adam}")
-        reason = cuda_unavailable() if device != "cpu" and caps.cuda else None
-        if device == "cuda" and reason is not None:
-            other = phrase(cli, "device='cpu' or 'auto'", "--device cpu or --device auto")
-            raise RuntimeError(f"{reason}; use {other}")
-        if device == "auto":
-            return "cuda" if caps.cuda and reason is None else "cpu"
-        return device
+        return _resolve_device(device, caps, cli, f"{name} has no CUDA path yet", adam)
 
     def lr_at(self, iteration: int) -> float:
         """Learning rate at ``iteration`` (0-based), official formulas."""
