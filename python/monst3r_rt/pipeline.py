@@ -117,26 +117,8 @@ class Pipeline:
             ValueError for an impossible combination (the message says what to change);
             RuntimeError / ImportError / FileNotFoundError for what this machine lacks.
         """
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; use one of {BACKENDS}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         cli = self.cli
-        if self.masks is not None and self.masks not in MASKS:
-            raise ValueError(f"masks must be one of {MASKS} or None, got {self.masks!r}")
-        if isinstance(self.size, bool) or self.size not in SIZES:
-            raise ValueError(
-                f"size must be one of {SIZES} (long side in pixels), got {self.size!r}"
-            )
-        if (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or (self.batch_size < 1)
-        ):
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if num_frames is not None and num_frames < 2:
-            raise ValueError(f"num_frames must be at least 2 (a pair), got {num_frames}")
-        self._check_graph(num_frames)
+        self._check_values(num_frames)
         network_device = self._torch_device()
         if self.device == "cuda" and not _torch_sees_gpu():
             asked = phrase(cli, "device='cuda'", "--device cuda")
@@ -149,6 +131,25 @@ class Pipeline:
         self._check_flow(cli)
         align_device = self.align.check(self.device, flow=self.flow is not None, cli=cli)
         return RunPlan(backend, network_device, align_device)
+
+    def _check_values(self, num_frames: int | None) -> None:
+        """Each setting on its own: names in their lists, sizes and counts in range."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; use one of {BACKENDS}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.masks is not None and self.masks not in MASKS:
+            raise ValueError(f"masks must be one of {MASKS} or None, got {self.masks!r}")
+        if isinstance(self.size, bool) or self.size not in SIZES:
+            raise ValueError(
+                f"size must be one of {SIZES} (long side in pixels), got {self.size!r}"
+            )
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch!r}")
+        if num_frames is not None and num_frames < 2:
+            raise ValueError(f"num_frames must be at least 2 (a pair), got {num_frames}")
+        self._check_graph(num_frames)
 
     def _check_graph(self, num_frames: int | None) -> None:
         """The pair graph's name (and its reference frame when the frame count is known)."""
