@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
+from tolerance import assert_close, assert_poses_close, scale_of
 
 from monst3r_rt.align.init import (
     estimate_focal,
@@ -73,7 +73,7 @@ def apply(trf: np.ndarray, pts: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 def test_signed_log1p_roundtrip_and_quaternion() -> None:
     x = np.array([-3.0, -0.1, 0.0, 0.2, 5.0])
-    np.testing.assert_allclose(signed_expm1(signed_log1p(x)), x, atol=1e-12)
+    np.testing.assert_allclose(signed_expm1(signed_log1p(x)), x, rtol=1e-14)
     rng = np.random.default_rng(0)
     for _ in range(20):
         rot = random_rotation(rng)
@@ -96,12 +96,12 @@ def test_weighted_procrustes_recovers_similarity() -> None:
         s_hat, r_hat, t_hat = weighted_procrustes(src, dst, w)
         assert abs(s_hat - s) < 1e-10 * s
         np.testing.assert_allclose(r_hat, rot, atol=1e-10)
-        np.testing.assert_allclose(t_hat, t, atol=1e-9)
+        assert_close(t_hat, t, rel=1e-12)
         # rigid variant on a rigid transform
         s1, r1, t1 = weighted_procrustes(src, src @ rot.T + t, with_scale=False)
         assert s1 == 1.0
         np.testing.assert_allclose(r1, rot, atol=1e-10)
-        np.testing.assert_allclose(t1, t, atol=1e-9)
+        assert_close(t1, t, rel=1e-12)
 
 
 def test_weighted_procrustes_weights_matter() -> None:
@@ -113,7 +113,7 @@ def test_weighted_procrustes_weights_matter() -> None:
     w = np.ones(100)
     w[:20] = 0.0
     s_hat, r_hat, _ = weighted_procrustes(src, dst, w)
-    assert abs(s_hat - 1.7) < 1e-10
+    assert s_hat == pytest.approx(1.7, rel=1e-12)
     np.testing.assert_allclose(r_hat, rot, atol=1e-10)
     s_bad, r_bad, _ = weighted_procrustes(src, dst, np.ones(100))
     assert abs(s_bad - 1.7) > 1e-3 or np.abs(r_bad - rot).max() > 1e-3
@@ -218,7 +218,8 @@ def test_max_spanning_tree_matches_brute_force() -> None:
                 if a in reach or b in reach:
                     reach |= {int(a), int(b)}
         assert reach == set(range(n))
-        assert abs(scores[tree].sum() - mst_weight_brute_force(n, edges, scores)) < 1e-9
+        assert scores[tree].sum() == pytest.approx(mst_weight_brute_force(n, edges, scores),
+                                                   rel=1e-12)  # fmt: skip
 
 
 def test_max_spanning_tree_disconnected_names_components() -> None:
@@ -240,7 +241,7 @@ def test_fast_pnp_recovers_pose() -> None:
     assert res is not None
     f_hat, c2w = res
     assert f_hat == pytest.approx(scene.focal)
-    np.testing.assert_allclose(c2w, pose, atol=1e-4)
+    assert_poses_close(c2w, pose, rel=1e-5)
     # unknown focal: searched among 21 candidates on geomspace(S/2, 3S) (ratio ~1.094 apart)
     size = max(h, w)
     candidates = np.geomspace(size / 2, size * 3, 21)
@@ -249,7 +250,7 @@ def test_fast_pnp_recovers_pose() -> None:
     res2 = fast_pnp(world2, None, mask)
     assert res2 is not None
     assert res2[0] == pytest.approx(f_true)
-    np.testing.assert_allclose(res2[1], pose, atol=1e-4)
+    assert_poses_close(res2[1], pose, rel=1e-5)
     # too few points
     assert fast_pnp(world, scene.focal, np.zeros((h, w), dtype=bool)) is None
 
@@ -299,7 +300,7 @@ def test_init_mst_exact_static_scene() -> None:
     # pairwise scales: geometric mean 0.5
     pw = out["pw_poses"].astype(np.float64)
     sigma = np.exp(pw[:, 7]) * np.exp(np.log(0.5) - pw[:, 7].mean())
-    assert abs(np.exp(np.mean(np.log(sigma))) - 0.5) < 1e-6
+    assert np.exp(np.mean(np.log(sigma))) == pytest.approx(0.5, rel=1e-6)
 
     # the alignment residual X_i - P_e pts_i (and for j) vanishes
     world = np.stack([apply(poses[k], unproject_depth(depth[k], focal)) for k in range(n)])
@@ -393,9 +394,7 @@ def test_init_mst_validation() -> None:
 # synthetic scene
 # ------------------------------------------------------------------------------------------------
 def test_synthetic_scene_shapes_and_determinism() -> None:
-    t0 = time.perf_counter()
     a = make_scene(seed=11)
-    elapsed = time.perf_counter() - t0
     b = make_scene(seed=11)
     n, h, w = 12, 48, 64
     e = len(a.edges)
@@ -414,7 +413,6 @@ def test_synthetic_scene_shapes_and_determinism() -> None:
     for name in ("images", "depths", "pts_i", "pts_j", "conf_i", "flow_ij"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert not np.array_equal(make_scene(seed=12).depths, a.depths)
-    assert elapsed < 5.0  # ~0.1-0.3 s normally; generous for loaded CI machines
     assert np.all(a.depths > 0)
     # object boundaries get low confidence
     lab = a.labels
@@ -429,12 +427,12 @@ def test_synthetic_pointmaps_match_depth_and_poses() -> None:
     scene = make_scene(seed=13, n_objects=2)
     for k, (i, j) in enumerate(scene.edges.tolist()):
         s = scene.pairwise_scales[k]
-        np.testing.assert_allclose(
-            scene.pts_i[k], s * unproject_depth(scene.depths[i], scene.focal), rtol=1e-5, atol=1e-5
-        )
+        # float32 points: rounding follows the depth, also for x, y near the optical axis
+        want_i = s * unproject_depth(scene.depths[i], scene.focal)
+        assert_close(scene.pts_i[k], want_i, rel=1e-6, rtol=1e-5)
         rel = np.linalg.inv(scene.poses[i]) @ scene.poses[j]
         expect_j = s * apply(rel, unproject_depth(scene.depths[j], scene.focal))
-        np.testing.assert_allclose(scene.pts_j[k], expect_j, rtol=1e-5, atol=1e-4)
+        assert_close(scene.pts_j[k], expect_j, rel=2e-6, rtol=1e-5)
 
 
 def test_synthetic_flow_matches_reprojection() -> None:
@@ -447,17 +445,17 @@ def test_synthetic_flow_matches_reprojection() -> None:
         cam_j = apply(np.linalg.inv(scene.poses[j]), world)
         flow = project_points(cam_j, scene.focal, h, w) - grid
         static = ~scene.dynamic_masks[i]
-        np.testing.assert_allclose(
-            np.moveaxis(scene.flow_ij[k], 0, -1)[static], flow[static], atol=1e-3
-        )
+        # pixels: float32 rounding follows the image coordinates the flow is a difference of
+        px_scale = max(h, w) + scale_of(flow)
+        got = np.moveaxis(scene.flow_ij[k], 0, -1)
+        assert_close(got[static], flow[static], rel=1e-6, scale=px_scale)
         # reverse direction
         world_j = apply(scene.poses[j], unproject_depth(scene.depths[j], scene.focal))
         cam_i = apply(np.linalg.inv(scene.poses[i]), world_j)
         flow_r = project_points(cam_i, scene.focal, h, w) - grid
         static_j = ~scene.dynamic_masks[j]
-        np.testing.assert_allclose(
-            np.moveaxis(scene.flow_ji[k], 0, -1)[static_j], flow_r[static_j], atol=1e-3
-        )
+        got = np.moveaxis(scene.flow_ji[k], 0, -1)
+        assert_close(got[static_j], flow_r[static_j], rel=1e-6, scale=max(h, w) + scale_of(flow_r))
         # on moving objects the true flow differs from the static reprojection
         dyn = scene.dynamic_masks[i]
         if dyn.sum() > 20 and abs(i - j) >= 3:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from align_problems import random_problem
+from tolerance import assert_close
 
 from monst3r_rt.align.objective import evaluate
 
 
 def _fd_check(data, params, rng, n_probe=6, **kw):
-    _, grads, _ = evaluate(data, params, **kw)
+    energy, grads, _ = evaluate(data, params, **kw)
+    # central differences lose ~eps·|E|/h to cancellation: the absolute floor follows |E|
+    floor = 1e-9 * max(1.0, abs(energy))
     for name, p in params.items():
         flat = p.reshape(-1)
         idx = rng.choice(flat.size, size=min(n_probe, flat.size), replace=False)
@@ -25,7 +28,7 @@ def _fd_check(data, params, rng, n_probe=6, **kw):
             flat[k] = old
             fd = (ep - em) / (2 * h)
             got = grads[name].reshape(-1)[k]
-            assert got == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, int(k), got, fd)
+            assert got == pytest.approx(fd, rel=1e-5, abs=floor), (name, int(k), got, fd)
 
 
 @pytest.mark.parametrize("shared_focal", [True, False])
@@ -79,19 +82,24 @@ def test_float32_agrees_with_float64():
 
 
 def test_thread_count_does_not_change_result():
+    """1 thread vs 4 (set explicitly: the machine's core count must not decide what is
+    compared); only the summation order may differ, so entries near zero are compared to the
+    gradient's scale."""
     from monst3r_rt import _core
 
     data, params, flow = random_problem(n=5, h=40, w=48, seed=5, flow=True)
     before = _core.num_threads()
+    out = []
     try:
-        _core.set_num_threads(1)
-        e1, g1, _ = evaluate(data, params, flow=flow, flow_loss_threshold=1e9)
+        for threads in (1, 4):
+            _core.set_num_threads(threads)
+            out.append(evaluate(data, params, flow=flow, flow_loss_threshold=1e9))
     finally:
         _core.set_num_threads(before)
-    e2, g2, _ = evaluate(data, params, flow=flow, flow_loss_threshold=1e9)
+    (e1, g1, _), (e2, g2, _) = out
     assert e1 == pytest.approx(e2, rel=1e-12)
     for k in g1:
-        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-9, atol=1e-12)
+        assert_close(g1[k], g2[k], rel=1e-12, rtol=1e-9, err_msg=k)
 
 
 def test_flow_gate_and_pixel_cut():
@@ -103,7 +111,7 @@ def test_flow_gate_and_pixel_cut():
     plain, g_plain, _ = evaluate(data, params)
     assert t_gated["flow"] == 0 and gated == pytest.approx(plain)
     for k in g_plain:
-        np.testing.assert_allclose(g_gated[k], g_plain[k])
+        assert_close(g_gated[k], g_plain[k], rel=1e-12, rtol=1e-7, err_msg=k)
     # the cut: a huge error on one pixel is dropped, not averaged in
     flow.flow_ij[0, 0, 0, 0] += 1e6
     flow.static[data.edges[0, 0], 0, 0] = 1.0

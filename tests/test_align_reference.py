@@ -181,12 +181,15 @@ def test_alignment_zero_on_consistent_data():
     e, terms = reference_energy(
         _t(p), EDGES, pts_i, pts_j, ci, cj, temporal_smoothing_weight=0.0, return_terms=True
     )
-    assert abs(float(terms["align"])) < 1e-6
-    assert abs(float(e)) < 1e-6
+    # zero up to rounding of the points' coordinates, weighted by the confidence: the scale of
+    # one pixel's residual norm (float64 here, float32 below)
+    scale = float(np.abs(pts_i).max() * np.log(np.maximum(ci, cj)).max())
+    assert abs(float(terms["align"])) < 1e-13 * scale
+    assert abs(float(e)) < 1e-13 * scale
     # float32 inputs follow the params dtype
     p32 = {k: torch.tensor(v, dtype=torch.float32) for k, v in p.items()}
     e32 = reference_energy(p32, EDGES, pts_i, pts_j, ci, cj, temporal_smoothing_weight=0.0)
-    assert e32.dtype == torch.float32 and abs(float(e32)) < 1e-4
+    assert e32.dtype == torch.float32 and abs(float(e32)) < 1e-5 * scale
 
 
 @pytest.mark.parametrize("delta", [0.05, -0.2])
@@ -357,13 +360,13 @@ def test_flow_exact_is_zero_and_inactive_is_ignored():
         _t(p), EDGES, pts_i, pts_j, ci, cj, flows=(fij, fji), return_terms=True
     )
     assert terms["flow_used"] and not terms["flow_gated"]
-    assert abs(float(terms["flow_raw"])) < 1e-20
+    assert abs(float(terms["flow_raw"])) < 1e-15 * float(np.abs(fij).max())
     e_off = reference_energy(
         _t(p), EDGES, pts_i, pts_j, ci, cj, flows=(fij + 3.0, fji), flow_active=False
     )
     e_none = reference_energy(_t(p), EDGES, pts_i, pts_j, ci, cj)
     assert float(e_off) == float(e_none)
-    assert float(e) == pytest.approx(float(e_none), abs=1e-15)
+    assert float(e) == pytest.approx(float(e_none), rel=1e-14)
 
 
 def test_flow_per_entry_cut_and_static_mask():
@@ -484,7 +487,7 @@ def test_flow_gate():
     _, g_gated = reference_energy_and_grad(p, EDGES, pts_i, pts_j, ci, cj, flows=flows, **kw)
     _, g_base = reference_energy_and_grad(p, EDGES, pts_i, pts_j, ci, cj, **kw)
     for k in PARAM_KEYS:
-        assert np.allclose(g_gated[k], g_base[k], rtol=0, atol=1e-15)
+        assert np.abs(g_gated[k] - g_base[k]).max() <= 1e-14 * np.abs(g_base[k]).max(), k
 
 
 # ------------------------------------------------------------------------------------------
@@ -623,4 +626,5 @@ def test_reference_adam_matches_manual_torch_loop():
         opt.step()
         assert float(loss.detach()) == pytest.approx(hist[n], rel=1e-12)
     for k in PARAM_KEYS:
-        assert np.allclose(final[k], params[k].detach().numpy(), rtol=0, atol=1e-14)
+        want = params[k].detach().numpy()  # focal ~46: an absolute 1e-14 would be one ulp
+        assert np.abs(final[k] - want).max() <= 1e-13 * np.abs(want).max(), k

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from tolerance import assert_close
 
 import monst3r_rt
 from conftest import cuda_arrays_available
@@ -66,9 +67,8 @@ def test_depth_to_points_matches_reference(rng):
     pp = rng.uniform(2, 6, (n, 2)).astype(np.float32)
     got = depth_to_points(depth, focal, pp)
     assert got.shape == (n, h, w, 3) and got.dtype == np.float32
-    np.testing.assert_allclose(
-        got, reference_depth_to_points(depth, focal, pp), rtol=1e-6, atol=1e-6
-    )
+    # x, y near the optical axis round like the depth they are computed from
+    assert_close(got, reference_depth_to_points(depth, focal, pp), rel=1e-6, rtol=1e-6)
 
 
 def test_depth_to_points_closed_form():
@@ -83,12 +83,14 @@ def test_depth_to_points_thread_count_does_not_change_result(rng):
     depth = rng.uniform(1, 2, (2, 33, 17)).astype(np.float32)
     focal = np.array([50.0, 70.0], np.float32)
     before = _core.num_threads()
-    try:
+    try:  # 1 thread vs 4, set explicitly: not whatever this machine's core count gives
         _core.set_num_threads(1)
         one = depth_to_points(depth, focal)
+        _core.set_num_threads(4)
+        four = depth_to_points(depth, focal)
     finally:
         _core.set_num_threads(before)
-    np.testing.assert_array_equal(one, depth_to_points(depth, focal))
+    np.testing.assert_array_equal(one, four)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +127,7 @@ def test_cuda_twin_matches_cpu(rng):
     dev = [torch.from_numpy(a).cuda() for a in (depth, focal, pp)]
     gpu = depth_to_points(*dev)
     torch.cuda.synchronize()
-    np.testing.assert_allclose(gpu.cpu().numpy(), cpu, rtol=1e-6, atol=1e-6)
+    assert_close(gpu.cpu().numpy(), cpu, rel=1e-6, rtol=1e-6)
 
 
 def test_cuda_host_parameters_are_copied_and_cuda_ones_checked(rng):

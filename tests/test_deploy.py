@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -130,12 +131,59 @@ def test_torch_backend_half_precision_is_close(net):
     assert np.abs(got.pts_i - want.pts_i).mean() < 5e-2 * np.abs(want.pts_i).mean()
 
 
-def test_golden_replay_through_a_backend(net, fp32_dir):
-    """verify-engine's comparison, exercised with onnxruntime standing in for TensorRT."""
-    table = compare_to_golden(fp32_dir, OnnxRuntimeBackend(fp32_dir))
-    assert table["passed"] and len(table["rows"]) == 5
-    table = compare_to_golden(fp32_dir, TorchBackend(net))
-    assert table["passed"]
+def _pytorch_on_golden_inputs(net, gold) -> dict[str, np.ndarray]:
+    """The float32 PyTorch model on the golden file's inputs, computed here (not by export)."""
+    with torch.inference_mode():
+        tokens = net.encode(torch.from_numpy(gold["in.images"]))
+        t1, t2 = (torch.from_numpy(gold[f"in.{n}"]) for n in ("tokens1", "tokens2"))
+        outs = net.decode(t1, t2, (H, W))
+    names = ["tokens", "pts1", "conf1", "pts2", "conf2"]
+    return dict(zip(names, (t.numpy() for t in (tokens, *outs)), strict=True))
+
+
+def test_golden_file_holds_pytorch_outputs(net, fp32_dir):
+    """golden_onnxrt.npz: its inputs are what the export fed (the decoder's tokens are PyTorch's
+    encoding of its images), and its onnxruntime outputs agree with PyTorch computed here, so a
+    replay that matches the file matches the model."""
+    with np.load(fp32_dir / GOLDEN) as g:
+        gold = {k: g[k] for k in g.files}
+    want = _pytorch_on_golden_inputs(net, gold)
+    b = len(gold["in.tokens1"])
+    enc = np.concatenate([gold["in.tokens1"], gold["in.tokens2"]])
+    assert len(gold["in.images"]) == 2 * b and _rel(enc, want["tokens"]) < 1e-6
+    for name, ref in want.items():
+        assert gold[f"out.{name}"].shape == ref.shape, name
+        assert _rel(gold[f"out.{name}"], ref) < 1e-4, name
+
+
+def test_golden_replay_through_a_backend(net, fp32_dir, tmp_path):
+    """verify-engine's replay with onnxruntime and torch standing in for TensorRT: the table
+    passes, and each backend's outputs on the golden inputs agree with PyTorch computed here;
+    a golden file that disagrees with the model fails the replay."""
+    with np.load(fp32_dir / GOLDEN) as g:
+        gold = {k: g[k] for k in g.files}
+    want = _pytorch_on_golden_inputs(net, gold)
+    for backend in (OnnxRuntimeBackend(fp32_dir), TorchBackend(net)):
+        table = compare_to_golden(fp32_dir, backend)
+        assert table["passed"] and len(table["rows"]) == 5, table
+        got = {"tokens": np.asarray(backend.encode(gold["in.images"]))}
+        t1, t2 = (gold[f"in.{n}"] for n in ("tokens1", "tokens2"))
+        if isinstance(backend, TorchBackend):
+            t1, t2 = torch.from_numpy(t1), torch.from_numpy(t2)
+        outs = backend.decode(t1, t2, (H, W))
+        got.update(zip(["pts1", "conf1", "pts2", "conf2"], outs, strict=True))
+        for name, ref in want.items():
+            assert _rel(np.asarray(got[name]), ref) < 1e-4, (backend.name, name)
+    # a wrong golden file (1 % off on pts1) is caught, against the tolerance of the replay
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in os.listdir(fp32_dir):
+        if f != GOLDEN:
+            shutil.copy(fp32_dir / f, bad / f)
+    np.savez(bad / GOLDEN, **dict(gold, **{"out.pts1": gold["out.pts1"] * 1.01}))
+    table = compare_to_golden(bad, OnnxRuntimeBackend(bad))
+    failed = [r["output"] for r in table["rows"] if not r["pass"]]
+    assert not table["passed"] and failed == ["pts1"], table
 
 
 def test_select_backend(net, fp32_dir):

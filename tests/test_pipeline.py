@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny_models import TINY_LINEAR  # noqa: E402
+from tolerance import assert_close, assert_poses_close, scale_of  # noqa: E402
 
 from monst3r_rt import (  # noqa: E402
     cli,
@@ -20,28 +20,10 @@ from monst3r_rt import (  # noqa: E402
     make_pairs,  # noqa: E402
 )
 from monst3r_rt.align import AlignConfig  # noqa: E402
-from monst3r_rt.network import PointmapNet, save_checkpoint  # noqa: E402
 from monst3r_rt.pipeline import Pipeline  # noqa: E402
 from monst3r_rt.reconstruction import Reconstruction  # noqa: E402
 from monst3r_rt.synthetic import make_scene  # noqa: E402
 from monst3r_rt.viewer import render_png  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny official-layout checkpoint and an 8-frame clip (PNG folder and an AVI video)."""
-    d = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(PointmapNet(**TINY_LINEAR), d / "tiny.pth")
-    sc = make_scene(n_frames=8, size=(120, 160), n_objects=1, object_motion=0.1, seed=0)
-    (d / "clip").mkdir()
-    for i, im in enumerate(sc.images):
-        cv2.imwrite(str(d / "clip" / f"{i:03d}.png"), im[..., ::-1])
-    video = cv2.VideoWriter(str(d / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
-    for im in sc.images:
-        video.write(im[..., ::-1])
-    video.release()
-    return d, ckpt
 
 
 def _pipe(ckpt, **kw) -> Pipeline:
@@ -61,9 +43,11 @@ def test_reconstruction_is_consistent(recon):
     assert recon.meta["pairs"] == len(make_pairs(8, "swinstride-5-noncyclic"))
     assert set(recon.meta["timings"]) >= {"frames", "pairs", "flow", "masks", "align"}
     assert recon.meta["weights_hash"].startswith("sha256:")
-    # world points are the depths back-projected through K and the pose
-    cam = np.linalg.inv(recon.poses[3]) @ np.append(recon.pts3d[3, 40, 50], 1)
-    assert cam[2] == pytest.approx(recon.depths[3, 40, 50], rel=1e-4)
+    # world points are the depths back-projected through K and the pose, every pixel: float32
+    # rounding follows the scene's scale (translations ~100 here), not each pixel's depth
+    w2c = np.linalg.inv(recon.poses.astype(np.float64))
+    cam = np.einsum("nij,nhwj->nhwi", w2c[:, :3, :3], recon.pts3d) + w2c[:, None, None, :3, 3]
+    assert_close(cam[..., 2], recon.depths, rel=1e-6, scale=scale_of(recon.pts3d, recon.poses))
     pts, rgb = recon.point_cloud(frame=2, conf_threshold=1.0)
     assert len(pts) == h * w and np.array_equal(rgb, recon.frames[2].reshape(-1, 3))
     static, _ = recon.point_cloud(frame=2, conf_threshold=1.0, static_only=True)
@@ -81,7 +65,7 @@ def test_output_folder_parses_and_round_trips(recon, tmp_path):
         assert (out / name).is_file(), name
     # official files
     _, poses = fileio.read_official_traj(out / "pred_traj.txt")
-    np.testing.assert_allclose(poses, recon.poses, atol=1e-6)
+    assert_poses_close(poses, recon.poses, err_msg="pred_traj.txt")
     k = np.loadtxt(out / "pred_intrinsics.txt").reshape(-1, 3, 3)
     np.testing.assert_allclose(k, recon.intrinsics, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.load(out / "frame_0003.npy"), recon.depths[3])
@@ -93,7 +77,7 @@ def test_output_folder_parses_and_round_trips(recon, tmp_path):
     # TUM trajectory (t tx ty tz qx qy qz qw) read back equals the poses
     times, tum = fileio.read_tum(out / "trajectory_tum.txt")
     np.testing.assert_array_equal(times, np.arange(n))
-    np.testing.assert_allclose(tum, recon.poses, atol=1e-6)
+    assert_poses_close(tum, recon.poses, err_msg="trajectory_tum.txt")
     # 16-bit depth, scale in the PNG's metadata: quantisation error at most half a step
     scale = json.loads((out / "run.json").read_text())["depth_png_scale"]
     d16 = fileio.read_depth_png(out / "depth" / "0005.png")
@@ -115,7 +99,9 @@ def test_output_folder_parses_and_round_trips(recon, tmp_path):
     # COLMAP: images.txt holds the same cameras, cameras.txt the same intrinsics
     names, cposes = fileio.read_colmap_images(out / "colmap" / "images.txt")
     assert names == [f"frame_{i:04d}.png" for i in range(n)]
-    np.testing.assert_allclose(cposes, recon.poses, atol=1e-5)
+    # world-to-camera in the file: the float32 rotations' drift from SO(3) times the translation
+    # (~136 here) reaches ~1.5e-5 on some CPUs; assert_poses_close scales with both
+    assert_poses_close(cposes, recon.poses, err_msg="colmap/images.txt")
     cams = np.loadtxt(out / "colmap" / "cameras.txt", usecols=(4, 5, 6, 7))
     np.testing.assert_allclose(cams[:, 0], recon.intrinsics[:, 0, 0], rtol=1e-6)
     pts3d = np.loadtxt(out / "colmap" / "points3D.txt")

@@ -45,11 +45,14 @@ def _run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.output, args.overwrite)  # before any work
     cfg = AlignConfig(niter=args.niter, solver=args.solver)
+    # constructing the Pipeline checks every option together (solver, flow, masks, devices,
+    # backend, engine, size) before any weights, frames or network work
     pipe = Pipeline(weights=args.weights, backend=args.backend, device=args.device,
                     size=args.size, graph=args.graph, batch_size=args.batch_size, align=cfg,
                     flow=None if args.no_flow else args.flow, masks=args.masks,
                     flow_weights=args.flow_weights, engine=args.engine,
-                    precision=args.precision)  # fmt: skip
+                    precision=args.precision, cli=True)  # fmt: skip
+    pipe.check(num_frames=args.num_frames)
     show = not args.quiet
 
     def on_stage(name: str) -> None:
@@ -164,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--solver", default="adam", choices=["adam", "lm"])
     run.add_argument("--flow", default="dis", choices=["dis", "raft"])
     run.add_argument("--flow-weights", help="RAFT state_dict for --flow raft")
-    run.add_argument("--masks", default="official", choices=["official", "robust"])
+    run.add_argument("--masks", choices=["official", "robust"],
+                     help="dynamic masks from the flow (default: official)")  # fmt: skip
     run.add_argument("--no-flow", action="store_true", help="no flow term and no dynamic masks")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -4,6 +4,7 @@ global alignment → :class:`~monst3r_rt.reconstruction.Reconstruction`."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import platform
 import time
@@ -15,10 +16,30 @@ import numpy as np
 
 from ._version import __version__
 from .align import AlignConfig, global_align
+from .align.config import DEVICES, phrase
+from .deploy.backends import BACKENDS, check_backend
 from .reconstruction import Reconstruction
 
 OFFICIAL_WEIGHTS = "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt"
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+SIZES = (224, 512)
+FLOWS = ("dis", "raft")
+MASKS = ("official", "robust")
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :meth:`Pipeline.run` will run, decided by :meth:`Pipeline.check` before any work.
+
+    Attributes:
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        network_device: torch device of the network (torch backend) and of RAFT.
+        align_device: ``"cpu"`` or ``"cuda"``, where the global alignment runs.
+    """
+
+    backend: str
+    network_device: str
+    align_device: str
 
 
 def _sha256(path: str) -> str:
@@ -48,17 +69,22 @@ class Pipeline:
         backend: ``"auto"`` (tensorrt > torch-cuda > onnxruntime > torch-cpu, from what is
             installed and given), ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``; the last two
             run an export folder (``engine``).
-        device: ``"auto"`` (CUDA when torch sees a GPU), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``auto`` runs the network on the GPU when
+            torch sees one, and the alignment there only when its solver has a CUDA path and
+            ``_core`` was built with CUDA; the run's ``meta["devices"]`` says what ran where.
         size: long side of the model resolution (512 or 224).
         graph: pair graph (:func:`~monst3r_rt.pairs.make_pairs`).
         batch_size: frames per encoder batch and pairs per decoder batch.
         align: global-alignment settings.
-        flow: ``"dis"``, ``"raft"`` (needs ``flow_weights``), a flow callable, or None (no flow
-            term, no masks).
-        masks: ``"official"`` or ``"robust"`` (:func:`~monst3r_rt.masks.dynamic_masks`).
+        flow: ``"dis"``, ``"raft"`` (needs ``flow_weights`` and torchvision), a flow callable, or
+            None (no flow term, no masks).
+        masks: ``"official"`` or ``"robust"`` (:func:`~monst3r_rt.masks.dynamic_masks`), computed
+            from the flow; None (default): ``"official"`` when there is a flow, else no masks.
+            Asking for masks with ``flow=None`` is an error.
         flow_weights: RAFT weights for ``flow="raft"``.
         engine: export folder of ``monst3r-rt export`` (for onnxruntime / tensorrt).
         precision: torch backend precision, ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        cli: phrase errors as ``monst3r-rt run`` options (set by the command line).
     """
 
     weights: str | os.PathLike[str] | None = None
@@ -69,20 +95,137 @@ class Pipeline:
     batch_size: int = 16
     align: AlignConfig = field(default_factory=AlignConfig)
     flow: str | Callable | None = "dis"
-    masks: str = "official"
+    masks: str | None = None
     flow_weights: str | os.PathLike[str] | None = None
     engine: str | os.PathLike[str] | None = None
     precision: str = "fp32"
+    cli: bool = field(default=False, repr=False)
     _net: Any = field(default=None, init=False, repr=False)
     _backend: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, num_frames: int | None = None) -> RunPlan:
+        """Validate every setting together and decide what runs where, loading nothing (no
+        weights, frames, graphs or flow model). Construction and :meth:`run` call it first.
+
+        Args:
+            num_frames: :meth:`run`'s frame cap, checked too when given.
+
+        Raises:
+            ValueError for an impossible combination (the message says what to change);
+            RuntimeError / ImportError / FileNotFoundError for what this machine lacks.
+        """
+        cli = self.cli
+        self._check_values(num_frames)
+        network_device = self._torch_device()
+        if self.device == "cuda" and not _torch_sees_gpu():
+            asked = phrase(cli, "device='cuda'", "--device cuda")
+            other = phrase(cli, "device='cpu' or 'auto'", "--device cpu or --device auto")
+            raise RuntimeError(f"{asked}: torch sees no CUDA GPU; use {other}")
+        backend = check_backend(self.backend, has_net=True, engine_dir=self.engine,
+                                device=network_device, precision=self.precision)  # fmt: skip
+        self._check_weights(backend)
+        self._check_engine_size(backend, cli)
+        self._check_flow(cli)
+        align_device = self.align.check(self.device, flow=self.flow is not None, cli=cli)
+        return RunPlan(backend, network_device, align_device)
+
+    def _check_values(self, num_frames: int | None) -> None:
+        """Each setting on its own: names in their lists, sizes and counts in range."""
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {BACKENDS}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.masks not in ("official", "robust"):
-            raise ValueError(f"masks must be 'official' or 'robust', got {self.masks!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.masks is not None and self.masks not in MASKS:
+            raise ValueError(f"masks must be one of {MASKS} or None, got {self.masks!r}")
+        if isinstance(self.size, bool) or self.size not in SIZES:
+            raise ValueError(
+                f"size must be one of {SIZES} (long side in pixels), got {self.size!r}"
+            )
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch!r}")
+        if num_frames is not None and num_frames < 2:
+            raise ValueError(f"num_frames must be at least 2 (a pair), got {num_frames}")
+        self._check_graph(num_frames)
+
+    def _check_graph(self, num_frames: int | None) -> None:
+        """The pair graph's name (and its reference frame when the frame count is known)."""
+        from .pairs import make_pairs
+
+        n = num_frames or 16
+        ref = str(self.graph).removeprefix("oneref-")
+        if num_frames is None and ref.isdigit():
+            n = max(n, int(ref) + 1)  # the reference frame's range needs the frame count
+        make_pairs(n, self.graph, symmetrize=False)
+
+    def _check_weights(self, backend: str) -> None:
+        if backend != "torch" or self.weights is None:
+            return
+        path = os.path.expanduser(os.fspath(self.weights))
+        if not os.path.exists(path) and path.endswith(_WEIGHT_SUFFIXES):
+            raise FileNotFoundError(f"{path}: no such weights file")
+
+    def _check_engine_size(self, backend: str, cli: bool) -> None:
+        if backend == "torch":
+            return
+        from .deploy.export import Manifest
+
+        m = Manifest.load(self.engine)  # type: ignore[arg-type]
+        long_side = max(m.height, m.width)
+        if long_side != self.size:
+            asked = phrase(cli, f"size={self.size}", f"--size {self.size}")
+            fix = phrase(cli, f"size={long_side}", f"--size {long_side}")
+            raise ValueError(
+                f"the engine in {self.engine} is {m.width}x{m.height} (WxH) but {asked} makes "
+                f"frames with a long side of {self.size}; use {fix} or export an engine for "
+                f"{self.size}"
+            )
+
+    def _check_flow(self, cli: bool) -> None:
+        if self.flow is None:
+            if self.masks is not None:
+                masks = phrase(cli, f"masks={self.masks!r}", f"--masks {self.masks}")
+                fix = phrase(cli, "set flow='dis' or masks=None", "drop --no-flow or --masks")
+                raise ValueError(
+                    f"{masks} needs the flow term (masks are computed from the flow): {fix}"
+                )
+            return
+        raft = phrase(cli, "flow='raft'", "--flow raft")
+        if self.flow_weights is not None and self.flow != "raft":
+            weights = phrase(cli, "flow_weights", "--flow-weights")
+            raise ValueError(f"{weights} applies to RAFT only: use {raft} or drop it")
+        if callable(self.flow):
+            return
+        if self.flow not in FLOWS:
+            raise ValueError(f"flow must be one of {FLOWS}, a callable or None, got {self.flow!r}")
+        if self.flow == "raft":
+            self._check_raft(cli, raft)
+
+    def _check_raft(self, cli: bool, raft: str) -> None:
+        dis = phrase(cli, "flow='dis'", "--flow dis")
+        if self.flow_weights is None:
+            weights = phrase(cli, "flow_weights=PATH", "--flow-weights PATH")
+            raise ValueError(
+                f"{raft} needs {weights} (a torchvision RAFT state_dict; never downloaded), "
+                f"or use {dis}"
+            )
+        if not os.path.isfile(os.fspath(self.flow_weights)):
+            raise FileNotFoundError(f"RAFT weights not found: {os.fspath(self.flow_weights)}")
+        try:
+            importlib.import_module("torchvision.models.optical_flow")
+        except Exception as exc:  # noqa: BLE001 - missing, or built for another torch
+            raise RuntimeError(
+                f"RAFT needs torch and a matching torchvision ({type(exc).__name__}: {exc}); "
+                f"install torchvision (pip install 'monst3r-rt[raft]') or use {dis}"
+            ) from exc
+
+    @property
+    def masks_method(self) -> str:
+        """The masks computed from the flow (``masks``, or ``"official"`` by default)."""
+        return self.masks or "official"
 
     @property
     def weights_source(self) -> str:
@@ -91,12 +234,7 @@ class Pipeline:
     def _torch_device(self) -> str:
         if self.device != "auto":
             return self.device
-        try:
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            return "cpu"
+        return "cuda" if _torch_sees_gpu() else "cpu"
 
     def network(self) -> Any:
         """The loaded network (loaded once, on first use)."""
@@ -164,6 +302,7 @@ class Pipeline:
         from .masks import dynamic_masks as compute_masks
         from .pairs import make_pairs
 
+        plan = self.check(num_frames=num_frames)  # every combination, before any work
         timings: dict[str, float] = {}
 
         def stage(name: str) -> float:
@@ -190,11 +329,11 @@ class Pipeline:
         if self.flow is not None:
             t = stage("flow")
             flows = compute_flow(frames.images, preds.edges, self.flow, weights=self.flow_weights,
-                                 device=self._torch_device(), progress=progress)  # fmt: skip
+                                 device=plan.network_device, progress=progress)  # fmt: skip
             timings["flow"] = time.perf_counter() - t
             if dynamic_masks is None:
                 t = stage("masks")
-                masks = compute_masks(preds, *flows, method=self.masks, num_frames=n,
+                masks = compute_masks(preds, *flows, method=self.masks_method, num_frames=n,
                                       progress=progress)  # fmt: skip
                 timings["masks"] = time.perf_counter() - t
         if dynamic_masks is not None:
@@ -205,9 +344,9 @@ class Pipeline:
                 )
 
         t = stage("align")
-        align_device = "cuda" if self._torch_device() == "cuda" else "cpu"
         res = global_align(preds, images=frames.images, flows=flows, dynamic_masks=masks,
-                           config=self.align, device=align_device, progress=progress)  # fmt: skip
+                           config=self.align, device=plan.align_device,
+                           progress=progress)  # fmt: skip
         timings["align"] = time.perf_counter() - t
         del preds, flows
 
@@ -215,13 +354,15 @@ class Pipeline:
         meta = {
             "input": str(source) if not isinstance(source, np.ndarray) else "array",
             "backend": backend.name,
+            "devices": {"network": plan.network_device, "align": res.diagnostics["device"]},
             "weights": weights,
             "weights_hash": weights_hash,
             "versions": _versions(),
             "config": {
                 "backend": self.backend, "device": self._torch_device(), "size": self.size,
                 "graph": self.graph, "batch_size": self.batch_size, "flow": _name(self.flow),
-                "masks": self.masks if dynamic_masks is None else "user",
+                "masks": "user" if dynamic_masks is not None else (
+                    self.masks_method if self.flow is not None else None),
                 "num_frames": num_frames, "stride": stride, "fps": fps,
                 "align": self.align.to_dict(),
             },
@@ -236,6 +377,14 @@ class Pipeline:
             conf=res.conf, dynamic_masks=masks, pts3d=res.pts3d, names=list(frames.names),
             meta=meta,
         )  # fmt: skip
+
+
+def _torch_sees_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _name(flow: Any) -> str | None:

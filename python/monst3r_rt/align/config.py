@@ -1,9 +1,70 @@
-"""Alignment settings; the defaults are the official demo's (spec §4.1, §4.5, §4.7)."""
+"""Alignment settings; the defaults are the official demo's (spec §4.1, §4.5, §4.7).
+
+:data:`SOLVERS` says what each solver supports; :meth:`AlignConfig.check` validates a whole
+request against it (and against what this machine can run) before any work, and resolves
+``device="auto"``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class SolverSupport:
+    """What a solver can do.
+
+    Attributes:
+        flow: the flow term (``flows=`` / ``Pipeline(flow=...)``).
+        windows: windowed alignment (``AlignConfig.window``).
+        cuda: a CUDA path (``device="cuda"``).
+        needs: optional modules it imports, with the pip extra that installs them.
+    """
+
+    flow: bool
+    windows: bool
+    cuda: bool
+    needs: tuple[tuple[str, str], ...] = ()
+
+
+# One row per solver: when a solver gains a capability, flip it here (tests follow the table).
+SOLVERS: dict[str, SolverSupport] = {
+    "adam": SolverSupport(flow=True, windows=True, cuda=True),
+    "lm": SolverSupport(flow=False, windows=False, cuda=False, needs=(("scipy", "solvers"),)),
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cuda_unavailable() -> str | None:
+    """Why the alignment's CUDA kernels cannot run here (``_core`` built without CUDA, no torch
+    with CUDA, no usable GPU), or None when they can."""
+    from .cuda import require_cuda
+
+    try:
+        require_cuda()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def _resolve_device(device: str, caps: SolverSupport, cli: bool, no_path: str, adam: str) -> str:
+    """``device`` checked against the solver's CUDA path and this machine; ``auto`` → what runs."""
+    other = phrase(cli, "device='cpu' or 'auto'", "--device cpu or --device auto")
+    if device == "cuda" and not caps.cuda:
+        raise ValueError(f"{no_path}: use {other}, or {adam}")
+    reason = cuda_unavailable() if device != "cpu" and caps.cuda else None
+    if device == "cuda" and reason is not None:
+        raise RuntimeError(f"{reason}; use {other}")
+    if device == "auto":
+        return "cuda" if caps.cuda and reason is None else "cpu"
+    return device
+
+
+def phrase(cli: bool, api: str, flag: str) -> str:
+    """An option as the user wrote it: the Python argument ``api`` or the CLI ``flag``."""
+    return flag if cli else api
 
 
 @dataclass
@@ -63,6 +124,44 @@ class AlignConfig:
                 raise ValueError(
                     f"window=(size, overlap) needs 0 ≤ overlap < size, got {self.window}"
                 )
+
+    def check(self, device: str = "cpu", flow: bool = False, cli: bool = False) -> str:
+        """Validate this configuration with the rest of a request, before any work.
+
+        Args:
+            device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+            flow: whether the flow term is requested (flows given).
+            cli: phrase the fixes as command-line options instead of Python arguments.
+
+        Returns:
+            the device the alignment will run on: ``"auto"`` resolves to ``"cuda"`` only when the
+            solver has a CUDA path and :func:`cuda_unavailable` finds nothing missing.
+
+        Raises:
+            ValueError: a combination the solver does not support (the message says what to
+                change); RuntimeError / ImportError: something this machine lacks.
+        """
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        caps = SOLVERS[self.solver]
+        name = phrase(cli, f"solver={self.solver!r}", f"--solver {self.solver}")
+        adam = phrase(cli, "solver='adam'", "--solver adam")
+        if flow and not caps.flow:
+            no_flow = phrase(cli, "flows=None (Pipeline(flow=None))", "--no-flow")
+            raise ValueError(f"{name} does not support the flow term yet: use {no_flow} or {adam}")
+        if self.window is not None and not caps.windows:
+            raise ValueError(f"{name} does not support windows yet: use window=None or {adam}")
+        if self.window is not None and not self.shared_focal:
+            raise ValueError(
+                "windowed alignment needs shared_focal=True (one focal for the video); "
+                "use shared_focal=True or window=None"
+            )
+        for module, extra in caps.needs:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(
+                    f"{name} needs {module}: pip install 'monst3r-rt[{extra}]' (or use {adam})"
+                )
+        return _resolve_device(device, caps, cli, f"{name} has no CUDA path yet", adam)
 
     def lr_at(self, iteration: int) -> float:
         """Learning rate at ``iteration`` (0-based), official formulas."""

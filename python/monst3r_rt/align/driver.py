@@ -157,21 +157,25 @@ def global_align(
             flow term.
         dynamic_masks: (N,H,W) bool, True = moving; static pixels drive the flow term.
         config: :class:`AlignConfig` (official demo defaults).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when the solver has a CUDA path and
+            ``_core``'s CUDA kernels can run here); ``diagnostics["device"]`` says which ran.
         progress: show a progress bar over the optimiser's iterations (tqdm, stderr).
 
     Returns:
         :class:`AlignResult` with numpy arrays.
+
+    Raises:
+        ValueError / RuntimeError / ImportError: before any work, for a solver, device, flow or
+            window combination that cannot run (:meth:`AlignConfig.check`).
     """
     cfg = config or AlignConfig()
+    device = cfg.check(device, flow=flows is not None)
     if hasattr(edges, "pts_i") and pts_i is None:
         preds = edges
         edges, pts_i, pts_j = preds.edges, preds.pts_i, preds.pts_j
         conf_i, conf_j = preds.conf_i, preds.conf_j
     if any(a is None for a in (pts_i, pts_j, conf_i, conf_j)):
         raise ValueError("global_align needs pts_i, pts_j, conf_i and conf_j (or predictions)")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     n_frames = None if images is None else len(images)
     timings: dict[str, float] = {}
 
@@ -212,7 +216,9 @@ def global_align(
     result = assemble(params, data, conf_i, conf_j, masks)
     result.energy = np.asarray(history, dtype=np.float64)
     result.timings = timings
-    result.diagnostics = dict(data.diagnostics, solver=cfg.solver, niter=cfg.niter, **extra)
+    result.diagnostics = dict(
+        data.diagnostics, solver=cfg.solver, niter=cfg.niter, device=device, **extra
+    )
     return result
 
 

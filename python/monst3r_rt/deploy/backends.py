@@ -10,6 +10,7 @@ pair. :func:`~monst3r_rt.inference.infer_pairs` and the Pipeline go through it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,10 @@ import numpy as np
 
 from .export import DECODER, ENCODER, Manifest
 
-__all__ = ["Backend", "TorchBackend", "OnnxRuntimeBackend", "select_backend", "as_backend"]
+__all__ = [
+    "Backend", "TorchBackend", "OnnxRuntimeBackend", "check_backend", "select_backend",
+    "as_backend",
+]  # fmt: skip
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -154,26 +158,43 @@ def as_backend(net: Any, device: str = "cpu") -> Backend:
     return TorchBackend(net, device=device, precision="fp32")
 
 
-def select_backend(
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def check_backend(
     kind: str = "auto",
     *,
-    net: Any = None,
-    load_net: Callable[[], Any] | None = None,
+    has_net: bool = True,
     engine_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     precision: str = "fp32",
-) -> Backend:
-    """Pick a backend. ``auto``: tensorrt (an engine folder, TensorRT and a GPU) > torch-cuda >
-    onnxruntime (an engine folder) > torch-cpu.
+) -> str:
+    """Resolve and validate a backend choice without loading anything (no weights, no graphs).
+
+    ``auto``: tensorrt (an engine folder, TensorRT and a GPU) > torch-cuda > onnxruntime (an
+    engine folder) > torch-cpu.
 
     Args:
         kind: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
-        net: the PyTorch network, or ``load_net`` to load it only if torch is chosen.
+        has_net: whether PyTorch weights are available (``backend="torch"``).
         engine_dir: an exported engine folder (for ``onnxruntime`` / ``tensorrt``).
-        device: torch device for ``torch``.
-        precision: for ``torch``.
+        device: torch device of ``torch``.
+        precision: ``torch``'s precision; an engine's is fixed at export, so another value than
+            the default ``fp32`` must match the engine's.
+
+    Returns:
+        the backend kind that will run.
+
+    Raises:
+        ValueError: an impossible combination (the message says what to change);
+        FileNotFoundError: ``engine_dir`` is not an engine folder; RuntimeError: the runtime
+        (onnxruntime, TensorRT) is missing here.
     """
-    has_net = net is not None or load_net is not None
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}: use auto, torch, onnxruntime or tensorrt")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if kind == "auto":
         from .tensorrt import tensorrt_available
 
@@ -186,14 +207,52 @@ def select_backend(
     if kind == "torch":
         if not has_net:
             raise ValueError("backend 'torch' needs the network (weights)")
-        model = net if net is not None else load_net()  # type: ignore[misc]
-        return TorchBackend(model, device=device, precision=precision)
+        return kind
     if engine_dir is None:
         raise ValueError(f"backend {kind!r} needs an engine folder (monst3r-rt export)")
-    if kind == "onnxruntime":
-        return OnnxRuntimeBackend(engine_dir)
+    manifest = Manifest.load(engine_dir)
+    if precision not in ("fp32", manifest.precision):
+        raise ValueError(
+            f"precision {precision!r} applies to the torch backend; the engine in {engine_dir} "
+            f"is {manifest.precision} (set at export: monst3r-rt export --precision)"
+        )
+    if kind == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        raise RuntimeError("backend 'onnxruntime' needs: pip install 'monst3r-rt[onnx]'")
     if kind == "tensorrt":
-        from .tensorrt import TensorRTBackend
+        from .tensorrt import tensorrt_available
 
-        return TensorRTBackend(engine_dir)
-    raise ValueError(f"unknown backend {kind!r}: use auto, torch, onnxruntime or tensorrt")
+        ok, reason = tensorrt_available()
+        if not ok:
+            raise RuntimeError(f"backend 'tensorrt' is not usable here: {reason}")
+    return kind
+
+
+def select_backend(
+    kind: str = "auto",
+    *,
+    net: Any = None,
+    load_net: Callable[[], Any] | None = None,
+    engine_dir: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> Backend:
+    """Pick a backend (:func:`check_backend` decides which, then it is built).
+
+    Args:
+        kind: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        net: the PyTorch network, or ``load_net`` to load it only if torch is chosen.
+        engine_dir: an exported engine folder (for ``onnxruntime`` / ``tensorrt``).
+        device: torch device for ``torch``.
+        precision: for ``torch``.
+    """
+    has_net = net is not None or load_net is not None
+    kind = check_backend(kind, has_net=has_net, engine_dir=engine_dir, device=device,
+                         precision=precision)  # fmt: skip
+    if kind == "torch":
+        model = net if net is not None else load_net()  # type: ignore[misc]
+        return TorchBackend(model, device=device, precision=precision)
+    if kind == "onnxruntime":
+        return OnnxRuntimeBackend(engine_dir)  # type: ignore[arg-type]
+    from .tensorrt import TensorRTBackend
+
+    return TensorRTBackend(engine_dir)  # type: ignore[arg-type]
