@@ -23,40 +23,19 @@ the *last* prediction and is scored once), the same semantics are kept here.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
-
-import cv2
 import numpy as np
 
-from .. import _core
-from .params import BASE_SCALE, FOCAL_BREAK, rotmat_to_quat_xyzw, signed_expm1, signed_log1p
+from ..geometry import (
+    estimate_focal,
+    fast_pnp,
+    rotmat_to_quat_xyzw,
+    sim3_matrix,
+    transform_points,
+    weighted_procrustes,
+)
+from .params import BASE_SCALE, FOCAL_BREAK, signed_log1p
 
-__all__ = [
-    "estimate_focal",
-    "weighted_procrustes",
-    "max_spanning_tree",
-    "fast_pnp",
-    "init_mst",
-    "signed_log1p",
-    "signed_expm1",
-    "rotmat_to_quat_xyzw",
-]
-
-
-@functools.lru_cache(maxsize=8)
-def _pixel_grid(h: int, w: int) -> np.ndarray:
-    """(H,W,2) float32 pixel coordinates ``(x, y)`` (column, row); cached, read-only."""
-    ys, xs = np.mgrid[:h, :w]
-    grid = np.stack([xs, ys], axis=-1).astype(np.float32)
-    grid.flags.writeable = False
-    return grid
-
-
-def _apply(trf: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 (possibly scaled) transform to (...,3) points (non-finite points stay so)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return pts @ trf[:3, :3].T + trf[:3, 3]
+__all__ = ["connected_components", "max_spanning_tree", "init_mst"]
 
 
 def _finite_mean(a: np.ndarray) -> float:
@@ -66,131 +45,9 @@ def _finite_mean(a: np.ndarray) -> float:
     return float(a.mean()) if fin.all() else float(a[fin].mean()) if fin.any() else 1.0
 
 
-def _srt_to_4x4(s: float, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
-    trf = np.eye(4)
-    trf[:3, :3] = s * rot
-    trf[:3, 3] = t
-    return trf
-
-
 # ------------------------------------------------------------------------------------------------
-# focal, registration, spanning tree, PnP
+# spanning tree
 # ------------------------------------------------------------------------------------------------
-def estimate_focal(
-    pts: np.ndarray,
-    pp: Sequence[float] | np.ndarray | None = None,
-    iters: int = 10,
-    weights: np.ndarray | None = None,
-    threads: int = 0,
-) -> float:
-    """Focal length of a camera-frame pointmap (``post_process.estimate_focal_knowing_depth``,
-    ``focal_mode='weiszfeld'``, no clipping).
-
-    Minimises ``sum_p |pixel_p - pp - f * (x_p, y_p) / z_p|`` (an L1 over 2-D residual norms) by
-    iteratively re-weighted least squares: the closed-form L2 solution, then ``iters`` re-weightings
-    by ``1 / max(residual, 1e-8)``. Non-finite ``x/z`` or ``y/z`` are replaced by 0 as officially;
-    pixels whose point has a non-finite coordinate (masked predictions) are left out (an
-    extension). Runs in the C++ core (``_core.estimate_focal``, float64 accumulation).
-
-    Args:
-        pts: (H,W,3) points in the camera frame (any unit).
-        pp: principal point ``(cx, cy)`` in pixels; default ``(W/2, H/2)``.
-        iters: number of IRLS iterations (10 officially).
-        weights: optional (H,W) non-negative per-pixel weights multiplying the IRLS weights
-            (an extension; ``None`` is the official behaviour).
-        threads: OpenMP threads of the kernel (0: the core's setting; 1 inside a thread pool).
-
-    Returns:
-        The focal length in pixels.
-    """
-    pts = np.asarray(pts)
-    if pts.ndim != 3 or pts.shape[-1] != 3:
-        raise ValueError(f"estimate_focal: pts must have shape (H,W,3), got {pts.shape}")
-    h, w, _ = pts.shape
-    if weights is not None:
-        weights = np.asarray(weights, np.float32)
-        if weights.shape != (h, w):
-            raise ValueError(
-                f"estimate_focal: weights must have shape {(h, w)}, got {weights.shape}"
-            )
-    cx, cy = (w / 2, h / 2) if pp is None else (float(pp[0]), float(pp[1]))
-    focal = _core.estimate_focal(
-        np.ascontiguousarray(pts, np.float32), weights, cx, cy, iters, threads
-    )
-    if not np.isfinite(focal):
-        raise ValueError("estimate_focal: no finite point with a positive weight")
-    return float(focal)
-
-
-def weighted_procrustes(
-    src: np.ndarray,
-    dst: np.ndarray,
-    weights: np.ndarray | None = None,
-    with_scale: bool = True,
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted Umeyama similarity ``dst ~= s * R @ src + T``
-    (``roma.rigid_points_registration(src, dst, weights, compute_scaling=True)`` semantics).
-
-    Minimises ``sum_k w_k |s R x_k + T - y_k|^2``. Weights are normalised to sum 1; the rotation is
-    the special Procrustes solution of the weighted cross-covariance (the smallest singular value
-    is sign-flipped when ``det(U V^T) < 0``); the scale is ``trace(D S) / sigma_x^2``. Pairs with
-    a non-finite coordinate or weight get weight 0 (masked predictions; an extension).
-
-    Args:
-        src: (M,3) (or (...,3), flattened) source points.
-        dst: (M,3) target points, same shape as ``src``.
-        weights: (M,) non-negative weights (or any shape with M elements); ``None`` = uniform.
-        with_scale: estimate ``s``; otherwise ``s = 1`` (rigid registration).
-
-    Returns:
-        ``(s, R, T)``: float scale, (3,3) float64 rotation, (3,) float64 translation.
-
-    Raises:
-        ValueError: on mismatched shapes, non-positive total weight, or a degenerate source
-            (all weighted points coincide) when ``with_scale``.
-    """
-    x = np.asarray(src, dtype=np.float64).reshape(-1, 3)
-    y = np.asarray(dst, dtype=np.float64).reshape(-1, 3)
-    if x.shape != y.shape:
-        raise ValueError(f"weighted_procrustes: src {x.shape} and dst {y.shape} differ")
-    if weights is None:
-        w = np.ones(len(x))
-    else:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape != (len(x),):
-            raise ValueError(
-                f"weighted_procrustes: weights must have {len(x)} elements, got {w.size}"
-            )
-    finite = np.isfinite(x).all(-1) & np.isfinite(y).all(-1) & np.isfinite(w)
-    if not finite.all():
-        w = np.where(finite, w, 0.0)
-        x = np.where(finite[:, None], x, 0.0)
-        y = np.where(finite[:, None], y, 0.0)
-    total = w.sum()
-    if not total > 0:
-        raise ValueError("weighted_procrustes: the weights must have a positive sum")
-    w = w / total
-    xmean = w @ x
-    ymean = w @ y
-    xhat = x - xmean
-    yhat = y - ymean
-    cov = (yhat * w[:, None]).T @ xhat  # sum_k w_k y_k x_k^T
-    u, sv, vt = np.linalg.svd(cov)
-    if np.linalg.det(u @ vt) < 0:
-        u[:, -1] *= -1
-        sv[-1] *= -1
-    rot = u @ vt
-    if with_scale:
-        sigma2_x = float(w @ (xhat * xhat).sum(-1))
-        if not sigma2_x > 0:
-            raise ValueError("weighted_procrustes: degenerate source (zero weighted variance)")
-        s = float(sv.sum() / sigma2_x)
-    else:
-        s = 1.0
-    t = ymean - s * rot @ xmean
-    return s, rot, t
-
-
 def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
     """Connected components (sorted lists of nodes, sorted by smallest node) of an undirected
     graph on ``n`` nodes."""
@@ -271,82 +128,6 @@ def max_spanning_tree(n: int, edges: np.ndarray, scores: np.ndarray) -> list[int
         if len(tree) == n - 1:
             break
     return tree
-
-
-def fast_pnp(
-    pts3d: np.ndarray,
-    focal: float | None,
-    mask: np.ndarray,
-    pp: Sequence[float] | np.ndarray | None = None,
-    niter: int = 10,
-    reproj_error: float = 5.0,
-) -> tuple[float, np.ndarray] | None:
-    """Camera pose (and focal, when unknown) from a world-frame pointmap by RANSAC-PnP
-    (``init_im_poses.fast_pnp``).
-
-    ``cv2.solvePnPRansac`` with SQPnP, ``niter`` iterations and a ``reproj_error`` pixel threshold
-    on the masked pixels. With ``focal=None`` 21 focals on ``geomspace(S/2, 3S)``
-    (``S = max(H, W)``) are tried and the one with the most inliers wins (first one on ties).
-
-    Args:
-        pts3d: (H,W,3) world points seen at each pixel.
-        focal: focal length in pixels, or ``None`` to search it.
-        mask: (H,W) bool, pixels to use (pixels with non-finite points are dropped).
-        pp: principal point ``(cx, cy)``; default ``(W/2, H/2)``.
-        niter: RANSAC iterations (10 in ``init='mst'``, 100 in ``PairViewer``).
-        reproj_error: RANSAC inlier threshold in pixels.
-
-    Returns:
-        ``(focal, cam2world)`` with a (4,4) float64 camera-to-world matrix, or ``None`` if fewer
-        than 4 pixels are masked or every PnP attempt failed.
-    """
-    pts3d = np.asarray(pts3d)
-    mask = np.asarray(mask, dtype=bool)
-    if pts3d.ndim != 3 or pts3d.shape[-1] != 3:
-        raise ValueError(f"fast_pnp: pts3d must have shape (H,W,3), got {pts3d.shape}")
-    h, w, _ = pts3d.shape
-    if mask.shape != (h, w):
-        raise ValueError(f"fast_pnp: mask must have shape {(h, w)}, got {mask.shape}")
-    mask = mask & np.isfinite(pts3d).all(-1)
-    if mask.sum() < 4:
-        return None
-    obj = np.ascontiguousarray(pts3d[mask], dtype=np.float32)
-    img = np.ascontiguousarray(_pixel_grid(h, w)[mask])
-    if focal is None:
-        size = max(w, h)
-        candidates = np.geomspace(size / 2, size * 3, 21).tolist()
-    else:
-        candidates = [float(focal)]
-    cx, cy = (w / 2, h / 2) if pp is None else (float(pp[0]), float(pp[1]))
-    best: tuple[int, np.ndarray, np.ndarray, float] | None = None
-    for f in candidates:
-        k = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]], dtype=np.float32)
-        try:
-            ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-                obj,
-                img,
-                k,
-                None,
-                iterationsCount=niter,
-                reprojectionError=reproj_error,
-                flags=cv2.SOLVEPNP_SQPNP,
-            )
-        except cv2.error:
-            continue
-        if not ok or inliers is None:
-            continue
-        score = len(inliers)
-        if best is None or score > best[0]:
-            best = (score, rvec, tvec, f)
-    if best is None or best[0] == 0:
-        return None
-    _, rvec, tvec, best_focal = best
-    rot_w2c = cv2.Rodrigues(np.asarray(rvec, np.float64))[0]
-    t_w2c = np.asarray(tvec, np.float64).reshape(3)
-    cam2world = np.eye(4)
-    cam2world[:3, :3] = rot_w2c.T
-    cam2world[:3, 3] = -rot_w2c.T @ t_w2c
-    return float(best_focal), cam2world
 
 
 # ------------------------------------------------------------------------------------------------
@@ -500,19 +281,19 @@ def init_mst(
         if i in done:
             key = (i, j)
             s, rot, t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
-            pts3d[j] = _apply(_srt_to_4x4(s, rot, t), pred_j(key))
+            pts3d[j] = transform_points(sim3_matrix(s, rot, t), pred_j(key))
             done.add(j)
             last_key = key
             if im_poses[i] is None:
-                im_poses[i] = _srt_to_4x4(1.0, rot, t)
+                im_poses[i] = sim3_matrix(1.0, rot, t)
         elif j in done:
             key = (i, j)
             s, rot, t = weighted_procrustes(pred_j(key), pts3d[j], conf_j[key_to_e[key]])
-            pts3d[i] = _apply(_srt_to_4x4(s, rot, t), pred_i(key))
+            pts3d[i] = transform_points(sim3_matrix(s, rot, t), pred_i(key))
             done.add(i)
             last_key = key
             if im_poses[i] is None:
-                im_poses[i] = _srt_to_4x4(1.0, rot, t)
+                im_poses[i] = sim3_matrix(1.0, rot, t)
         else:
             todo.insert(0, (score, i, j))  # try again later
 
@@ -559,7 +340,7 @@ def init_mst(
         pts = pts3d[k] * s_factor
         rot, t = poses[k, :3, :3], poses[k, :3, 3]
         world2cam = np.linalg.inv(poses[k])
-        depth = _apply(world2cam, pts)[..., 2]
+        depth = transform_points(world2cam, pts)[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             ld = np.log(depth)
         log_depth[k] = np.nan_to_num(ld, nan=0.0, neginf=0.0, posinf=np.finfo(np.float32).max)
