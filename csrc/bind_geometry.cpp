@@ -4,7 +4,6 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,13 +14,7 @@ namespace py = pybind11;
 
 namespace {
 
-std::string shape_of(const py::array& a) {
-  std::ostringstream s;
-  s << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? "," : "") << a.shape(i);
-  s << ")";
-  return s.str();
-}
+std::string shape_of(const py::array& a) { return py::str(a.attr("shape")); }
 
 // A C-contiguous T array of exactly `shape`, or a ValueError naming it.
 template <typename T>

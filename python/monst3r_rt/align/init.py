@@ -278,19 +278,16 @@ def init_mst(
         if im_focals[i] is None:
             # official quirk: uses the pointmap of the previously processed edge
             im_focals[i] = estimate_focal(pred_i(last_key))
-        if i in done:
+        if i in done or j in done:
             key = (i, j)
-            s, rot, t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
-            pts3d[j] = transform_points(sim3_matrix(s, rot, t), pred_j(key))
-            done.add(j)
-            last_key = key
-            if im_poses[i] is None:
-                im_poses[i] = sim3_matrix(1.0, rot, t)
-        elif j in done:
-            key = (i, j)
-            s, rot, t = weighted_procrustes(pred_j(key), pts3d[j], conf_j[key_to_e[key]])
-            pts3d[i] = transform_points(sim3_matrix(s, rot, t), pred_i(key))
-            done.add(i)
+            e = key_to_e[key]
+            # both predictions are in camera i's frame: the registration is camera i's pose
+            pred = {i: pred_i(key), j: pred_j(key)}
+            conf = {i: conf_i[e], j: conf_j[e]}
+            placed, new = (i, j) if i in done else (j, i)
+            s, rot, t = weighted_procrustes(pred[placed], pts3d[placed], conf[placed])
+            pts3d[new] = transform_points(sim3_matrix(s, rot, t), pred[new])
+            done.add(new)
             last_key = key
             if im_poses[i] is None:
                 im_poses[i] = sim3_matrix(1.0, rot, t)
@@ -324,28 +321,26 @@ def init_mst(
 
     # 5. pairwise poses for every edge, then the scale normalisation
     pw_poses = np.zeros((len(edges), 8), dtype=np.float32)
+    pw_rot = np.empty((len(edges), 3, 3))
     for e, (i, j) in enumerate(edges.tolist()):
         key = (i, j)
-        s, rot, t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
-        pw_poses[e, :4] = rotmat_to_quat_xyzw(rot)
+        s, pw_rot[e], t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
         pw_poses[e, 4:7] = signed_log1p(t / s)
         pw_poses[e, 7] = np.log(s)
+    pw_poses[:, :4] = rotmat_to_quat_xyzw(pw_rot)
     s_factor = float(np.exp(np.log(BASE_SCALE) - np.mean(pw_poses[:, 7], dtype=np.float64)))
 
     poses = np.stack(im_poses).astype(np.float64)
     poses[:, :3, 3] *= s_factor
     log_depth = np.zeros((n, h, w), dtype=np.float32)
     im_params = np.zeros((n, 7), dtype=np.float32)
+    im_params[:, :4] = rotmat_to_quat_xyzw(poses[:, :3, :3])
+    im_params[:, 4:] = signed_log1p(poses[:, :3, 3])
     for k in range(n):
-        pts = pts3d[k] * s_factor
-        rot, t = poses[k, :3, :3], poses[k, :3, 3]
-        world2cam = np.linalg.inv(poses[k])
-        depth = transform_points(world2cam, pts)[..., 2]
+        depth = transform_points(np.linalg.inv(poses[k]), pts3d[k] * s_factor)[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             ld = np.log(depth)
         log_depth[k] = np.nan_to_num(ld, nan=0.0, neginf=0.0, posinf=np.finfo(np.float32).max)
-        im_params[k, :4] = rotmat_to_quat_xyzw(rot)
-        im_params[k, 4:] = signed_log1p(t)
 
     return {
         "log_depth": log_depth,
