@@ -48,24 +48,26 @@ def _finite_mean(a: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 # spanning tree
 # ------------------------------------------------------------------------------------------------
+def _root(parent: list[int], a: int) -> int:
+    """Root of node ``a`` in a union-find forest ``parent`` (with path halving)."""
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
 def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
     """Connected components (sorted lists of nodes, sorted by smallest node) of an undirected
     graph on ``n`` nodes."""
     parent = list(range(n))
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     for i, j in np.asarray(edges, dtype=np.int64).reshape(-1, 2).tolist():
-        ri, rj = find(i), find(j)
+        ri, rj = _root(parent, i), _root(parent, j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     groups: dict[int, list[int]] = {}
     for a in range(n):
-        groups.setdefault(find(a), []).append(a)
+        groups.setdefault(_root(parent, a), []).append(a)
     return sorted(groups.values(), key=lambda g: g[0])
 
 
@@ -112,15 +114,9 @@ def max_spanning_tree(n: int, edges: np.ndarray, scores: np.ndarray) -> list[int
         )
     parent = list(range(n))
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     tree: list[int] = []
     for e in np.argsort(-scores, kind="stable").tolist():
-        ri, rj = find(int(edges[e, 0])), find(int(edges[e, 1]))
+        ri, rj = _root(parent, int(edges[e, 0])), _root(parent, int(edges[e, 1]))
         if ri == rj:
             continue
         parent[ri] = rj
