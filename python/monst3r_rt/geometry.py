@@ -42,6 +42,57 @@ __all__ = [
 ]  # fmt: skip
 
 
+def depth_to_points(depth: Any, focal: Any, pp: Any | None = None) -> Any:
+    """Back-project z-depth maps into camera-frame pointmaps.
+
+    Args:
+        depth: (N,H,W) float32 z-depth (any unit); numpy, or a torch CUDA tensor / CuPy array.
+        focal: (N,) focal lengths in pixels.
+        pp: (N,2) principal points (cx, cy) in pixels; default (W/2, H/2) as in MonST3R.
+
+    Returns:
+        (N,H,W,3) float32 points in each view's camera frame (x right, y down, z forward), on the
+        same device and library as ``depth``. Pixel (x, y) has its centre at integer coordinates.
+    """
+    if is_cuda_array(depth):
+        return _depth_to_points_cuda(depth, focal, pp)
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    if depth.ndim != 3:
+        raise ValueError(f"depth must have shape (N,H,W), got {depth.shape}")
+    n, h, w = depth.shape
+    focal = np.ascontiguousarray(np.broadcast_to(np.asarray(focal, np.float32), (n,)))
+    if pp is None:
+        pp = np.tile(np.array([w / 2, h / 2], np.float32), (n, 1))
+    return _core.depth_to_points(depth, focal, np.ascontiguousarray(pp, dtype=np.float32))
+
+
+def _depth_to_points_cuda(depth: Any, focal: Any, pp: Any | None) -> Any:
+    if not _core.has_cuda:
+        raise RuntimeError(
+            "depth is a CUDA array but monst3r_rt._core was built without CUDA kernels: "
+            f"{_core.build_info()['cuda_reason']}"
+        )
+    if len(depth.shape) != 3:
+        raise ValueError(f"depth must have shape (N,H,W), got {tuple(depth.shape)}")
+    n, h, w = (int(s) for s in depth.shape)
+    if pp is None:
+        pp = empty_like_shape(depth, (n, 2))
+        pp[:, 0] = w / 2
+        pp[:, 1] = h / 2
+    out = empty_like_shape(depth, (n, h, w, 3))
+    _core.depth_to_points_cuda(
+        device_pointer(depth, "depth", (n, h, w)),
+        device_pointer(focal, "focal", (n,)),
+        device_pointer(pp, "pp", (n, 2)),
+        device_pointer(out, "points", (n, h, w, 3)),
+        n,
+        h,
+        w,
+        current_stream(depth),
+    )
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # pixels and intrinsics
 # ------------------------------------------------------------------------------------------------
@@ -235,61 +286,6 @@ def frustum_lines(cam2world: np.ndarray, k: np.ndarray, w: int, h: int, size: fl
     return transform_points(cam2world, np.array([p for a, b in seg for p in (c[a], c[b])]))
 
 
-def depth_to_points(depth: Any, focal: Any, pp: Any | None = None) -> Any:
-    """Back-project z-depth maps into camera-frame pointmaps.
-
-    Args:
-        depth: (N,H,W) float32 z-depth (any unit); numpy, or a torch CUDA tensor / CuPy array.
-        focal: (N,) focal lengths in pixels.
-        pp: (N,2) principal points (cx, cy) in pixels; default (W/2, H/2) as in MonST3R.
-
-    Returns:
-        (N,H,W,3) float32 points in each view's camera frame (x right, y down, z forward), on the
-        same device and library as ``depth``. Pixel (x, y) has its centre at integer coordinates.
-    """
-    if is_cuda_array(depth):
-        return _depth_to_points_cuda(depth, focal, pp)
-    depth = np.ascontiguousarray(depth, dtype=np.float32)
-    if depth.ndim != 3:
-        raise ValueError(f"depth must have shape (N,H,W), got {depth.shape}")
-    n, h, w = depth.shape
-    focal = np.ascontiguousarray(np.broadcast_to(np.asarray(focal, np.float32), (n,)))
-    if pp is None:
-        pp = np.tile(np.array([w / 2, h / 2], np.float32), (n, 1))
-    return _core.depth_to_points(depth, focal, np.ascontiguousarray(pp, dtype=np.float32))
-
-
-def _depth_to_points_cuda(depth: Any, focal: Any, pp: Any | None) -> Any:
-    _require_cuda_core("depth")
-    if len(depth.shape) != 3:
-        raise ValueError(f"depth must have shape (N,H,W), got {tuple(depth.shape)}")
-    n, h, w = (int(s) for s in depth.shape)
-    if pp is None:
-        pp = empty_like_shape(depth, (n, 2))
-        pp[:, 0] = w / 2
-        pp[:, 1] = h / 2
-    out = empty_like_shape(depth, (n, h, w, 3))
-    _core.depth_to_points_cuda(
-        device_pointer(depth, "depth", (n, h, w)),
-        device_pointer(focal, "focal", (n,)),
-        device_pointer(pp, "pp", (n, 2)),
-        device_pointer(out, "points", (n, h, w, 3)),
-        n,
-        h,
-        w,
-        current_stream(depth),
-    )
-    return out
-
-
-def _require_cuda_core(name: str) -> None:
-    if not _core.has_cuda:
-        raise RuntimeError(
-            f"{name} is a CUDA array but monst3r_rt._core was built without CUDA kernels: "
-            f"{_core.build_info()['cuda_reason']}"
-        )
-
-
 # ------------------------------------------------------------------------------------------------
 # weighted Sim(3) registration (Umeyama)
 # ------------------------------------------------------------------------------------------------
@@ -357,7 +353,9 @@ def pair_moments(src: Any, dst: Any, weights: Any | None = None, threads: int = 
 
 
 def _pair_moments_cuda(src: Any, dst: Any, weights: Any | None) -> PairMoments:
-    _require_cuda_core("src")
+    if not _core.has_cuda:
+        reason = _core.build_info()["cuda_reason"]
+        raise RuntimeError(f"src is a CUDA array but _core has no CUDA kernels ({reason})")
     shape = tuple(int(s) for s in src.shape)
     m = int(np.prod(shape[:-1]))
     if shape[-1:] != (3,):
