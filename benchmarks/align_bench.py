@@ -45,8 +45,8 @@ def _scene(args: argparse.Namespace):
 
 def _metrics(scene, params: dict, data) -> dict:
     from monst3r_rt.align import params as P
-    from monst3r_rt.align.init import weighted_procrustes
     from monst3r_rt.align.objective import evaluate
+    from monst3r_rt.geometry import weighted_procrustes
 
     p64 = {k: v.astype(np.float64) for k, v in params.items()}
     energy, _, _ = evaluate(data.astype(np.float64), p64)

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=2, help="use every k-th frame")
     args = parser.parse_args()
 
+    from monst3r_rt.geometry import transform_points, unproject_depth
     from monst3r_rt.reconstruction import Reconstruction
     from monst3r_rt.viewer import render_png
 
@@ -39,10 +40,8 @@ def main() -> None:
     depth = np.stack([cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in depths]).astype(np.float32)
     depth /= 1000.0  # millimetres; 0 = invalid
     n, h, w = depth.shape
-    ys, xs = np.mgrid[:h, :w]
-    rays = np.stack([(xs - k[0, 2]) / k[0, 0], (ys - k[1, 2]) / k[1, 1], np.ones((h, w))], -1)
-    cam = rays[None] * depth[..., None]
-    pts = np.einsum("nij,nhwj->nhwi", poses[:, :3, :3], cam) + poses[:, None, None, :3, 3]
+    cam = unproject_depth(depth, (k[0, 0], k[1, 1]), (k[0, 2], k[1, 2]))
+    pts = np.stack([transform_points(pose, c) for pose, c in zip(poses, cam, strict=True)])
     conf = np.where(depth > 0, 5.0, 1.0).astype(np.float32)  # invalid depth: below threshold
     recon = Reconstruction(frames, depth, poses.astype(np.float32),
                            np.tile(k, (n, 1, 1)).astype(np.float32), conf,

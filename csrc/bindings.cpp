@@ -339,11 +339,13 @@ py::dict cuda_status() {
 
 // Defined in csrc/bind_*.cpp (one file per group of ops).
 void register_boundary(py::module_& m);
+void register_geometry(py::module_& m);
 void register_lm(py::module_& m);
 void register_motion(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   register_boundary(m);
+  register_geometry(m);
   register_lm(m);
   register_motion(m);
   m.doc() = "monst3r_rt compiled core: C++/OpenMP kernels and their CUDA twins";

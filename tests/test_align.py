@@ -7,7 +7,7 @@ import pytest
 
 import monst3r_rt
 from monst3r_rt.align import AlignConfig, AlignResult, global_align
-from monst3r_rt.align.init import weighted_procrustes
+from monst3r_rt.geometry import weighted_procrustes
 from monst3r_rt.inference import PairwisePredictions
 from monst3r_rt.synthetic import make_scene
 

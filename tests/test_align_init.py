@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 from tolerance import assert_close, assert_poses_close, scale_of
 
-from monst3r_rt.align.init import (
+from monst3r_rt.align.init import init_mst, max_spanning_tree
+from monst3r_rt.align.params import signed_expm1, signed_log1p
+from monst3r_rt.geometry import (
     estimate_focal,
     fast_pnp,
-    init_mst,
-    max_spanning_tree,
     rotmat_to_quat_xyzw,
-    signed_expm1,
-    signed_log1p,
+    unproject_depth,
     weighted_procrustes,
 )
-from monst3r_rt.synthetic import make_scene, project_points, unproject_depth
+from monst3r_rt.synthetic import make_scene, project_points
 
 
 # ------------------------------------------------------------------------------------------------

@@ -277,6 +277,24 @@ def test_align_cuda_checks_its_arrays():
     )
 
 
+def moments_args(b=2, p=7, **override):
+    args = dict(src=cuda(b, p, 3), dst=cuda(b, p, 3), weights=cuda(b, p),
+                out=cuda(b, 17, dtype="float64"))  # fmt: skip
+    args.update(override)
+    return args
+
+
+def test_pair_moments_cuda_checks_its_arrays():
+    raises(ValueError, "dst: expected float32 on cuda:0 with shape (2,7,3), got float32 on "
+           "cuda:0 with shape (2,6,3) (B=2 from src; P=7 from src)", _core.pair_moments_cuda,
+           **moments_args(dst=cuda(2, 6, 3)))  # fmt: skip
+    raises(ValueError, "out: expected float64 on cuda:0 with shape (2,17), got float32",
+           _core.pair_moments_cuda, **moments_args(out=cuda(2, 17)))  # fmt: skip
+    host = np.ones((2, 7), np.float32)
+    raises(ValueError, "weights: expected float32 on cuda:0 with shape (2,7), got float32 on cpu",
+           _core.pair_moments_cuda, **moments_args(weights=host))  # fmt: skip
+
+
 def test_block_sizes_are_the_cpu_kernels():
     """The exported sizes are those of the CPU outputs, and the CUDA wrapper uses them."""
     from align_problems import random_problem
@@ -314,6 +332,8 @@ def test_block_sizes_are_the_cpu_kernels():
         ),  # fmt: skip
         ("align_energy_grad_cuda", align_args()),
         ("align_energy_grad_cuda", align_args(dtype="float64", flow=True)),
+        ("pair_moments_cuda", moments_args()),
+        ("pair_moments_cuda", moments_args(weights=None)),
     ],
 )
 def test_valid_arrays_pass_every_check(entry, args):

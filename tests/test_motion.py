@@ -12,8 +12,9 @@ from tolerance import assert_close, scale_of
 import monst3r_rt
 from conftest import cuda_arrays_available
 from monst3r_rt.align import AlignConfig
-from monst3r_rt.egoflow import ego_flow, ego_flow_error, relative_pose
+from monst3r_rt.egoflow import ego_flow, ego_flow_error
 from monst3r_rt.flow import compute_flow, forward_backward_error
+from monst3r_rt.geometry import relative_pose
 from monst3r_rt.inference import PairwisePredictions
 from monst3r_rt.masks import dynamic_masks, mirror_pairs, two_view
 from monst3r_rt.synthetic import make_scene

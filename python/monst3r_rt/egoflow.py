@@ -3,7 +3,8 @@
 Thin wrappers over ``_core.ego_flow`` (C++/OpenMP) and ``_core.ego_flow_cuda``; the per-pixel math
 (``csrc/include/monst3r/egoflow.h``) is the one the alignment's flow term uses. For a pixel
 ``x = (col, row)`` of the source view with z-depth ``D``, and the relative pose ``(R, t)`` that
-maps the source camera to the target camera (``X_tgt = R X_src + t``)::
+maps the source camera to the target camera (``X_tgt = R X_src + t``,
+:func:`monst3r_rt.geometry.relative_pose` of two camera-to-world poses)::
 
     ego(x) = π(K_tgt (R K_src⁻¹ x̃ + t / (D + 1e-6))) − x,   π(q) = q_xy / (q_z + 1e-6)
 
@@ -20,19 +21,7 @@ import numpy as np
 from . import _core
 from ._device import empty_like_shape, is_cuda_array, on_device, per_view, require_cuda_kernels
 
-__all__ = ["ego_flow", "ego_flow_error", "relative_pose"]
-
-
-def relative_pose(
-    cam2world_src: np.ndarray, cam2world_tgt: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(…,4,4) camera-to-world poses → ``(R, t)`` (…,3,3), (…,3) mapping source to target camera:
-    ``R = R_tgtᵀ R_src``, ``t = R_tgtᵀ (T_src − T_tgt)``."""
-    rs, ts = cam2world_src[..., :3, :3], cam2world_src[..., :3, 3]
-    rt, tt = cam2world_tgt[..., :3, :3], cam2world_tgt[..., :3, 3]
-    rot = np.swapaxes(rt, -1, -2) @ rs
-    trans = np.einsum("...ji,...j->...i", rt, ts - tt)
-    return rot, trans
+__all__ = ["ego_flow", "ego_flow_error"]
 
 
 def _per_map(x: Any, m: int, tail: tuple[int, ...], name: str) -> np.ndarray:

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .align.params import rotmat_to_quat
+from .geometry import (
+    frustum_lines,
+    quat_wxyz_to_rotmat,
+    quat_xyzw_to_rotmat,
+    rotmat_to_quat_wxyz,
+    rotmat_to_quat_xyzw,
+    transform_points,
+)
 
 __all__ = [
     "write_official_traj", "read_official_traj", "write_tum", "read_tum", "write_intrinsics",
@@ -26,25 +33,10 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _quat_xyzw(rot: np.ndarray) -> np.ndarray:
-    """(N,3,3) → (N,4) unit quaternions x, y, z, w with w ≥ 0."""
-    q = rotmat_to_quat(rot)
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[:, 3:] < 0, -q, q)
-
-
-def _quat_to_rot(xyzw: np.ndarray) -> np.ndarray:
-    x, y, z, w = (xyzw / np.linalg.norm(xyzw, axis=-1, keepdims=True)).T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], 1)  # fmt: skip
-
-
-def _poses(t: np.ndarray, xyzw: np.ndarray) -> np.ndarray:
+def _poses(t: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """(N,4,4) ``[R | t]`` from translations (N,3) and rotations (N,3,3)."""
     out = np.tile(np.eye(4), (len(t), 1, 1))
-    out[:, :3, :3] = _quat_to_rot(xyzw)
+    out[:, :3, :3] = rot
     out[:, :3, 3] = t
     return out
 
@@ -54,21 +46,22 @@ def write_official_traj(path: str, poses: np.ndarray, times: Sequence[float] | N
     """``pred_traj.txt`` as the official demo writes it: ``t x y z qw qx qy qz`` per line
     (camera-to-world, scalar-first quaternion; ``t`` = frame index)."""
     times = np.arange(len(poses), dtype=float) if times is None else np.asarray(times, float)
-    q = _quat_xyzw(poses[:, :3, :3])
-    rows = np.column_stack([times, poses[:, :3, 3], q[:, 3], q[:, :3]])
+    q = rotmat_to_quat_wxyz(poses[:, :3, :3], positive_w=True)
+    rows = np.column_stack([times, poses[:, :3, 3], q])
     np.savetxt(path, rows, fmt="%.8f")
 
 
 def read_official_traj(path: str) -> tuple[np.ndarray, np.ndarray]:
     """``(times (N,), poses (N,4,4))`` from a ``pred_traj.txt``."""
     rows = np.loadtxt(path, ndmin=2)
-    return rows[:, 0], _poses(rows[:, 1:4], rows[:, [5, 6, 7, 4]])
+    return rows[:, 0], _poses(rows[:, 1:4], quat_wxyz_to_rotmat(rows[:, 4:8]))
 
 
 def write_tum(path: str, poses: np.ndarray, times: Sequence[float] | None = None) -> None:
     """TUM RGB-D trajectory (``t tx ty tz qx qy qz qw``, camera-to-world; evo reads it)."""
     times = np.arange(len(poses), dtype=float) if times is None else np.asarray(times, float)
-    rows = np.column_stack([times, poses[:, :3, 3], _quat_xyzw(poses[:, :3, :3])])
+    q = rotmat_to_quat_xyzw(poses[:, :3, :3], positive_w=True)
+    rows = np.column_stack([times, poses[:, :3, 3], q])
     with open(path, "w") as f:
         f.write("# timestamp tx ty tz qx qy qz qw (camera-to-world)\n")
         np.savetxt(f, rows, fmt="%.8f")
@@ -77,7 +70,7 @@ def write_tum(path: str, poses: np.ndarray, times: Sequence[float] | None = None
 def read_tum(path: str) -> tuple[np.ndarray, np.ndarray]:
     """``(times (N,), poses (N,4,4))`` from a TUM trajectory."""
     rows = np.loadtxt(path, ndmin=2, comments="#")
-    return rows[:, 0], _poses(rows[:, 1:4], rows[:, 4:8])
+    return rows[:, 0], _poses(rows[:, 1:4], quat_xyzw_to_rotmat(rows[:, 4:8]))
 
 
 def write_intrinsics(path: str, intrinsics: np.ndarray) -> None:
@@ -164,16 +157,6 @@ def read_ply(path: str) -> np.ndarray:
 
 
 # ---- glTF binary --------------------------------------------------------------------------------
-def _frustum_lines(pose: np.ndarray, k: np.ndarray, w: int, h: int, size: float) -> np.ndarray:
-    """(16,3) line-segment endpoints of a camera frustum of depth ``size``, world frame."""
-    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float) @ np.linalg.inv(k).T
-    corners *= size
-    c = [np.zeros(3), *corners]
-    seg = [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (2, 3), (3, 4), (4, 1)]
-    pts = np.array([p for a, b in seg for p in (c[a], c[b])])
-    return pts @ pose[:3, :3].T + pose[:3, 3]
-
-
 def write_glb(path: str, points: np.ndarray, colors: np.ndarray, poses: np.ndarray,
               intrinsics: np.ndarray, image_size: tuple[int, int]) -> None:  # fmt: skip
     """A glTF 2.0 binary scene: the point cloud (POINTS with vertex colours) and one frustum per
@@ -181,12 +164,12 @@ def write_glb(path: str, points: np.ndarray, colors: np.ndarray, poses: np.ndarr
     glTF's axes (y up, −z forward), as viewers expect."""
     h, w = image_size
     to_gl = np.diag([1.0, -1.0, -1.0, 1.0]) @ np.linalg.inv(poses[0])
-    pts = np.asarray(points, np.float64) @ to_gl[:3, :3].T + to_gl[:3, 3]
+    pts = transform_points(to_gl, np.asarray(points, np.float64))
     extent = np.linalg.norm(poses[:, :3, 3] - poses[:, :3, 3].mean(0), axis=1).max()
     size = 0.1 * (extent if extent > 0 else 1.0)
     lines, line_rgb = [], []
     for n, (pose, k) in enumerate(zip(poses, intrinsics, strict=True)):
-        seg = _frustum_lines(to_gl @ pose, k, w, h, size)
+        seg = frustum_lines(to_gl @ pose, k, w, h, size)
         t = n / max(len(poses) - 1, 1)
         lines.append(seg)
         rgb = np.round(255 * np.array([0.27 + 0.7 * t, 0.9 * t, 0.33 + 0.2 * (1 - t)]))
@@ -255,12 +238,12 @@ def write_colmap(folder: str, poses: np.ndarray, intrinsics: np.ndarray,
             f.write(f"{n + 1} PINHOLE {w} {h} {k[0, 0]:.8f} {k[1, 1]:.8f} {k[0, 2]:.8f} "
                     f"{k[1, 2]:.8f}\n")  # fmt: skip
     w2c = np.linalg.inv(poses)
-    q = _quat_xyzw(w2c[:, :3, :3])
+    q = rotmat_to_quat_wxyz(w2c[:, :3, :3], positive_w=True)
     with open(os.path.join(folder, "images.txt"), "w") as f:
         f.write("# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME (world-to-camera)\n")
         f.write("# POINTS2D[] as (X, Y, POINT3D_ID): none\n")
         for n, name in enumerate(names):
-            qx, qy, qz, qw = q[n]
+            qw, qx, qy, qz = q[n]
             tx, ty, tz = w2c[n, :3, 3]
             f.write(f"{n + 1} {qw:.10f} {qx:.10f} {qy:.10f} {qz:.10f} {tx:.10f} {ty:.10f} "
                     f"{tz:.10f} {n + 1} {name}\n\n")  # fmt: skip
@@ -279,7 +262,7 @@ def read_colmap_images(path: str) -> tuple[list[str], np.ndarray]:
     for ln in lines[::2]:
         el = ln.split()
         qw, qx, qy, qz, tx, ty, tz = map(float, el[1:8])
-        w2c = _poses(np.array([[tx, ty, tz]]), np.array([[qx, qy, qz, qw]]))[0]
+        w2c = _poses(np.array([[tx, ty, tz]]), quat_wxyz_to_rotmat(np.array([[qw, qx, qy, qz]])))[0]
         poses.append(np.linalg.inv(w2c))
         names.append(el[9])
     return names, np.stack(poses)

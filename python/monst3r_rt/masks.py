@@ -22,13 +22,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ._progress import progress as _progress
-from .align.init import _apply, estimate_focal, fast_pnp, weighted_procrustes
-from .egoflow import ego_flow_error, relative_pose
+from .egoflow import ego_flow_error
 from .flow import forward_backward_error
+from .geometry import (
+    estimate_focal,
+    fast_pnp,
+    intrinsic_matrix,
+    pnp_ransac,
+    project,
+    relative_pose,
+    transform_points,
+    unproject,
+    weighted_procrustes,
+)
 
 __all__ = ["dynamic_masks", "mirror_pairs", "two_view", "TwoView"]
 
@@ -92,7 +101,7 @@ def two_view(preds: Any, k: int, m: int, method: str = "official", threads: int 
     if method == "robust":
         sub = (slice(None, None, 2), slice(None, None, 2))  # a quarter of the pixels suffices
         s, rot, t = weighted_procrustes(
-            pred_i[0][sub], pred_j[1][sub], (conf_i[0] * conf_j[1])[sub]
+            pred_i[0][sub], pred_j[1][sub], (conf_i[0] * conf_j[1])[sub], threads=threads
         )
         a_to_b = np.eye(4)  # camera a → camera b, in edge k's scale
         a_to_b[:3, :3], a_to_b[:3, 3] = rot, t / s
@@ -107,10 +116,12 @@ def two_view(preds: Any, k: int, m: int, method: str = "official", threads: int 
     score = [float(conf_i[x].mean() * conf_j[x].mean()) for x in (0, 1)]
     if score[0] > score[1]:  # world = camera a
         poses = np.stack([np.eye(4), rel[1]])
-        depths = np.stack([pred_i[0][..., 2], _apply(np.linalg.inv(rel[1]), pred_j[0])[..., 2]])
+        view_b = transform_points(np.linalg.inv(rel[1]), pred_j[0])  # in camera b
+        depths = np.stack([pred_i[0][..., 2], view_b[..., 2]])
     else:  # world = camera b
         poses = np.stack([rel[0], np.eye(4)])
-        depths = np.stack([_apply(np.linalg.inv(rel[0]), pred_j[1])[..., 2], pred_i[1][..., 2]])
+        view_a = transform_points(np.linalg.inv(rel[0]), pred_j[1])  # in camera a
+        depths = np.stack([view_a[..., 2], pred_i[1][..., 2]])
     return TwoView(focals, poses, depths)
 
 
@@ -268,27 +279,19 @@ def _flow_pose(depth, f_src, f_tgt, flow, usable, rot0, t0):
         pick = rng.choice(len(xs), PNP_POINTS, replace=False)
         xs, ys = xs[pick], ys[pick]
     z = depth[ys, xs].astype(np.float64)
-    obj = np.stack([(xs - w / 2) / f_src * z, (ys - h / 2) / f_src * z, z], -1)
+    pp = (w / 2, h / 2)
+    obj = unproject(np.stack([xs, ys], -1), z, f_src, pp)
     img = np.stack([xs + flow[0, ys, xs], ys + flow[1, ys, xs]], -1).astype(np.float64)
-    k_tgt = np.array([[f_tgt, 0, w / 2], [0, f_tgt, h / 2], [0, 0, 1.0]])
 
     def inliers(r, t):
-        cam = obj @ r.T + t
-        with np.errstate(divide="ignore", invalid="ignore"):
-            proj = cam[:, :2] / cam[:, 2:] * f_tgt + (w / 2, h / 2)
+        proj = project(obj @ r.T + t, f_tgt, pp)
         return int((np.linalg.norm(proj - img, axis=-1) < PNP_REPROJ_PX).sum())
 
     best = (inliers(rot0, t0), rot0, t0)
-    try:
-        ok, rvec, tvec, _ = cv2.solvePnPRansac(
-            obj.astype(np.float32), img.astype(np.float32), k_tgt, None,
-            iterationsCount=100, reprojectionError=PNP_REPROJ_PX, flags=cv2.SOLVEPNP_SQPNP,
-        )  # fmt: skip
-    except cv2.error:
-        ok = False
-    if ok:
-        r = cv2.Rodrigues(rvec)[0]
-        t = np.asarray(tvec, np.float64).reshape(3)
+    k_tgt = intrinsic_matrix(f_tgt, pp)
+    res = pnp_ransac(obj.astype(np.float32), img.astype(np.float32), k_tgt, 100, PNP_REPROJ_PX)
+    if res is not None:
+        _, r, t = res
         score = inliers(r, t)
         if score > best[0]:
             best = (score, r, t)

@@ -19,6 +19,12 @@ NPZ = "reconstruction.npz"
 MAX_SCENE_POINTS = 2_000_000  # scene.glb and colmap/points3D.txt keep at most this many points
 
 
+def thin_points(pts: np.ndarray, colors: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every k-th point (and its colour) with the smallest k that keeps at most ``limit``."""
+    step = int(np.ceil(len(pts) / limit)) if len(pts) > limit else 1
+    return pts[::step], colors[::step]
+
+
 @dataclass
 class Reconstruction:
     """Per-frame geometry of a video.
@@ -136,9 +142,7 @@ class Reconstruction:
     def _scene_points(self) -> tuple[np.ndarray, np.ndarray]:
         """Static background points above the confidence threshold, evenly thinned to at most
         ``MAX_SCENE_POINTS``."""
-        pts, rgb = self.point_cloud(static_only=True)
-        step = int(np.ceil(len(pts) / MAX_SCENE_POINTS)) if len(pts) > MAX_SCENE_POINTS else 1
-        return pts[::step], rgb[::step]
+        return thin_points(*self.point_cloud(static_only=True), MAX_SCENE_POINTS)
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike[str]) -> Reconstruction:

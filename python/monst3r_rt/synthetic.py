@@ -25,6 +25,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .geometry import (
+    intrinsic_matrix,
+    pixel_grid,
+    project,
+    rotvec_to_rotmat,
+    transform_points,
+    unproject_depth,
+)
 from .pairs import make_pairs
 
 __all__ = ["SyntheticScene", "make_scene", "unproject_depth", "project_points"]
@@ -78,25 +86,13 @@ class SyntheticScene:
     def intrinsics(self) -> np.ndarray:
         """(3,3) float64 pinhole matrix K."""
         h, w = self.depths.shape[1:]
-        return np.array([[self.focal, 0, w / 2], [0, self.focal, h / 2], [0, 0, 1.0]])
-
-
-def _ray_grid(h: int, w: int, focal: float) -> np.ndarray:
-    """(H,W,3) camera-frame ray directions with unit z (so ray parameter = z-depth)."""
-    ys, xs = np.mgrid[:h, :w].astype(np.float64)
-    return np.stack([(xs - w / 2) / focal, (ys - h / 2) / focal, np.ones_like(xs)], axis=-1)
-
-
-def unproject_depth(depth: np.ndarray, focal: float) -> np.ndarray:
-    """Camera-frame points (H,W,3) float64 of a z-depth map (H,W); pp ``(W/2, H/2)``."""
-    h, w = depth.shape
-    return _ray_grid(h, w, focal) * np.asarray(depth, np.float64)[..., None]
+        return intrinsic_matrix(self.focal, (w / 2, h / 2))
 
 
 def project_points(pts_cam: np.ndarray, focal: float, h: int, w: int) -> np.ndarray:
-    """Pixel coordinates (...,2) ``(x, y)`` of camera-frame points (...,3)."""
-    z = pts_cam[..., 2]
-    return np.stack([focal * pts_cam[..., 0] / z + w / 2, focal * pts_cam[..., 1] / z + h / 2], -1)
+    """Pixel coordinates (...,2) ``(x, y)`` of camera-frame points (...,3) in an (H, W) image
+    with the scene's principal point ``(W/2, H/2)`` (:func:`monst3r_rt.geometry.project`)."""
+    return project(pts_cam, focal, (w / 2, h / 2))
 
 
 def _rot_xyz(rx: float, ry: float, rz: float) -> np.ndarray:
@@ -106,11 +102,6 @@ def _rot_xyz(rx: float, ry: float, rz: float) -> np.ndarray:
     rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     return rot_z @ rot_y @ rot_x
-
-
-def _axis_angle(vec: np.ndarray) -> np.ndarray:
-    """Rotation matrix of an axis-angle vector (Rodrigues)."""
-    return cv2.Rodrigues(np.asarray(vec, np.float64).reshape(3, 1))[0]
 
 
 def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int = 4) -> np.ndarray:
@@ -220,7 +211,7 @@ def make_scene(
         raise ValueError(f"make_scene: scale_range must satisfy 0 < low <= high, got {scale_range}")
     rng = np.random.default_rng(seed)
     focal = 0.9 * max(h, w)
-    rays = _ray_grid(h, w, focal)
+    rays = unproject_depth(np.ones((h, w)), focal)  # camera-frame rays with unit z
     poses = _trajectory(rng, n_frames)
 
     # moving spheres: start in front of the camera path, drift with constant velocity
@@ -255,11 +246,11 @@ def make_scene(
         ],
         -1,
     )
+    cam_pts = unproject_depth(depths, focal)  # (N,H,W,3) exact camera-frame points
     images = np.empty((n_frames, h, w, 3), dtype=np.uint8)
     world_pts = np.empty((n_frames, h, w, 3))
     for k in range(n_frames):
-        pts_cam = rays * depths[k][..., None]
-        world = pts_cam @ poses[k, :3, :3].T + poses[k, :3, 3]
+        world = transform_points(poses[k], cam_pts[k])
         world_pts[k] = world
         rgb = _texture(world, bg_coeffs)
         for o in range(n_objects):
@@ -288,8 +279,7 @@ def make_scene(
     conf_j = np.empty((n_edges, h, w), dtype=np.float32)
     flow_ij = np.empty((n_edges, 2, h, w), dtype=np.float32)
     flow_ji = np.empty((n_edges, 2, h, w), dtype=np.float32)
-    pixels = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).astype(np.float64)
-    cam_pts = rays[None] * depths[..., None]  # (N,H,W,3) exact camera-frame points
+    pixels = pixel_grid(h, w).astype(np.float64)
 
     def conf_field(frame: int) -> np.ndarray:
         field = conf_range[0] + (conf_range[1] - conf_range[0]) * _smooth_field(rng, h, w)
@@ -309,18 +299,18 @@ def make_scene(
             sel = labels[src] == o
             moved[sel] += centers[dst, o] - centers[src, o]
         w2c = np.linalg.inv(poses[dst])
-        cam = moved @ w2c[:3, :3].T + w2c[:3, 3]
+        cam = transform_points(w2c, moved)
         return np.moveaxis(project_points(cam, focal, h, w) - pixels, -1, 0)
 
     for e, (i, j) in enumerate(edges.tolist()):
         rel = np.linalg.inv(poses[i]) @ poses[j]  # camera j -> camera i
         if pose_noise > 0:
             pert = np.eye(4)
-            pert[:3, :3] = _axis_angle(rng.normal(scale=pose_noise, size=3))
+            pert[:3, :3] = rotvec_to_rotmat(rng.normal(scale=pose_noise, size=3))
             pert[:3, 3] = rng.normal(scale=pose_noise, size=3)
             rel = pert @ rel
         pi = cam_pts[i] * noise(i)[..., None]
-        pj = (cam_pts[j] * noise(j)[..., None]) @ rel[:3, :3].T + rel[:3, 3]
+        pj = transform_points(rel, cam_pts[j] * noise(j)[..., None])
         pts_i[e] = scales[e] * pi
         pts_j[e] = scales[e] * pj
         conf_i[e] = conf_field(i)

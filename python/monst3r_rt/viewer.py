@@ -15,14 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .reconstruction import Reconstruction
+from .geometry import frustum_lines, project, rotvec_to_rotmat
+from .reconstruction import Reconstruction, thin_points
 
 __all__ = ["view", "render_png"]
-
-
-def _thin(pts: np.ndarray, rgb: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    step = int(np.ceil(len(pts) / limit)) if len(pts) > limit else 1
-    return pts[::step], rgb[::step]
 
 
 def view(
@@ -49,8 +45,8 @@ def view(
     if save is not None:
         rr.save(os.fspath(save))
     rr.log("world", rr.ViewCoordinates.RDF, static=True)  # OpenCV: x right, y down, z forward
-    pts, rgb = _thin(*recon.point_cloud(conf_threshold=conf_threshold, static_only=True),
-                     max_static_points)  # fmt: skip
+    cloud = recon.point_cloud(conf_threshold=conf_threshold, static_only=True)
+    pts, rgb = thin_points(*cloud, max_static_points)
     rr.log("world/static", rr.Points3D(pts, colors=rgb, radii=-1.5), static=True)
     h, w = recon.depths.shape[1:]
     for i in range(len(recon)):
@@ -105,19 +101,17 @@ def render_png(
     rot = recon.poses[0, :3, :3].astype(np.float64)
     depth = float(np.median(recon.depths[np.isfinite(recon.depths)]))
     eye = centres.mean(0) + rot @ np.array([0.0, -0.6, -1.2]) * depth
-    tilt = cv2.Rodrigues(np.array([-0.35, 0.0, 0.0]))[0]  # look slightly down
+    tilt = rotvec_to_rotmat([-0.35, 0.0, 0.0])  # look slightly down
     w2c_r = (rot @ tilt).T
     h, w = size
     f = 0.8 * w
     img = np.full((h, w, 3), 24, np.uint8)
 
-    def project(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def to_image(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = (x - eye) @ w2c_r.T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = c[:, :2] / c[:, 2:] * f + (w / 2, h / 2)
-        return uv, c[:, 2]
+        return project(c, f, (w / 2, h / 2)), c[:, 2]
 
-    uv, z = project(pts.astype(np.float64))
+    uv, z = to_image(pts.astype(np.float64))
     ok = (z > 1e-6) & np.isfinite(uv).all(1) & (uv[:, 0] >= 0) & (uv[:, 0] < w - 1)
     ok &= (uv[:, 1] >= 0) & (uv[:, 1] < h - 1)
     order = np.argsort(-z[ok])  # far to near: near points are drawn last
@@ -125,11 +119,9 @@ def render_png(
     img[v, u] = rgb[ok][order]
     img[v + 1, u] = rgb[ok][order]
     img[v, u + 1] = rgb[ok][order]
-    from .fileio import _frustum_lines
-
     for n, (pose, k) in enumerate(zip(recon.poses, recon.intrinsics, strict=True)):
-        seg = _frustum_lines(pose.astype(np.float64), k, *recon.depths.shape[:0:-1], 0.15 * depth)
-        suv, sz = project(seg)
+        seg = frustum_lines(pose.astype(np.float64), k, *recon.depths.shape[:0:-1], 0.15 * depth)
+        suv, sz = to_image(seg)
         t = n / max(len(recon) - 1, 1)
         colour = (int(255 * t), int(80 + 120 * (1 - t)), int(255 * (1 - t)))
         for a in range(0, len(seg), 2):

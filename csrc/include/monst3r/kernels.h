@@ -43,8 +43,9 @@ void ego_flow_cpu(const EgoFlowProblem& pb);
 // Weiszfeld focal of a camera-frame pointmap pts (H,W,3) with optional per-pixel weights (H,W)
 // (null = 1), principal point (cx, cy): the L2 solution then `iters` IRLS re-weightings by
 // 1/max(residual, 1e-8). Pixels with a non-finite point or weight are left out; NaN when none is
-// left. Accumulates in float64. threads: OpenMP threads (0 = the core's setting; 1 when the
-// caller already runs several of these at once).
+// left. Accumulates in float64, in fixed chunks (monst3r/chunked_sum.h: the result does not depend
+// on the thread count; small maps run on one thread). threads: OpenMP threads (0 = the core's
+// setting; 1 when the caller already runs several of these at once).
 double estimate_focal_cpu(const float* pts, const float* weights, int64_t h, int64_t w,
                           double cx, double cy, int iters, int threads = 0);
 

@@ -23,40 +23,19 @@ the *last* prediction and is scored once), the same semantics are kept here.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
-
-import cv2
 import numpy as np
 
-from .. import _core
-from .params import BASE_SCALE, FOCAL_BREAK, rotmat_to_quat_xyzw, signed_expm1, signed_log1p
+from ..geometry import (
+    estimate_focal,
+    fast_pnp,
+    rotmat_to_quat_xyzw,
+    sim3_matrix,
+    transform_points,
+    weighted_procrustes,
+)
+from .params import BASE_SCALE, FOCAL_BREAK, signed_log1p
 
-__all__ = [
-    "estimate_focal",
-    "weighted_procrustes",
-    "max_spanning_tree",
-    "fast_pnp",
-    "init_mst",
-    "signed_log1p",
-    "signed_expm1",
-    "rotmat_to_quat_xyzw",
-]
-
-
-@functools.lru_cache(maxsize=8)
-def _pixel_grid(h: int, w: int) -> np.ndarray:
-    """(H,W,2) float32 pixel coordinates ``(x, y)`` (column, row); cached, read-only."""
-    ys, xs = np.mgrid[:h, :w]
-    grid = np.stack([xs, ys], axis=-1).astype(np.float32)
-    grid.flags.writeable = False
-    return grid
-
-
-def _apply(trf: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 (possibly scaled) transform to (...,3) points (non-finite points stay so)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return pts @ trf[:3, :3].T + trf[:3, 3]
+__all__ = ["connected_components", "max_spanning_tree", "init_mst"]
 
 
 def _finite_mean(a: np.ndarray) -> float:
@@ -66,129 +45,15 @@ def _finite_mean(a: np.ndarray) -> float:
     return float(a.mean()) if fin.all() else float(a[fin].mean()) if fin.any() else 1.0
 
 
-def _srt_to_4x4(s: float, rot: np.ndarray, t: np.ndarray) -> np.ndarray:
-    trf = np.eye(4)
-    trf[:3, :3] = s * rot
-    trf[:3, 3] = t
-    return trf
-
-
 # ------------------------------------------------------------------------------------------------
-# focal, registration, spanning tree, PnP
+# spanning tree
 # ------------------------------------------------------------------------------------------------
-def estimate_focal(
-    pts: np.ndarray,
-    pp: Sequence[float] | np.ndarray | None = None,
-    iters: int = 10,
-    weights: np.ndarray | None = None,
-    threads: int = 0,
-) -> float:
-    """Focal length of a camera-frame pointmap (``post_process.estimate_focal_knowing_depth``,
-    ``focal_mode='weiszfeld'``, no clipping).
-
-    Minimises ``sum_p |pixel_p - pp - f * (x_p, y_p) / z_p|`` (an L1 over 2-D residual norms) by
-    iteratively re-weighted least squares: the closed-form L2 solution, then ``iters`` re-weightings
-    by ``1 / max(residual, 1e-8)``. Non-finite ``x/z`` or ``y/z`` are replaced by 0 as officially;
-    pixels whose point has a non-finite coordinate (masked predictions) are left out (an
-    extension). Runs in the C++ core (``_core.estimate_focal``, float64 accumulation).
-
-    Args:
-        pts: (H,W,3) points in the camera frame (any unit).
-        pp: principal point ``(cx, cy)`` in pixels; default ``(W/2, H/2)``.
-        iters: number of IRLS iterations (10 officially).
-        weights: optional (H,W) non-negative per-pixel weights multiplying the IRLS weights
-            (an extension; ``None`` is the official behaviour).
-        threads: OpenMP threads of the kernel (0: the core's setting; 1 inside a thread pool).
-
-    Returns:
-        The focal length in pixels.
-    """
-    pts = np.asarray(pts)
-    if pts.ndim != 3 or pts.shape[-1] != 3:
-        raise ValueError(f"estimate_focal: pts must have shape (H,W,3), got {pts.shape}")
-    h, w, _ = pts.shape
-    if weights is not None:
-        weights = np.asarray(weights, np.float32)
-        if weights.shape != (h, w):
-            raise ValueError(
-                f"estimate_focal: weights must have shape {(h, w)}, got {weights.shape}"
-            )
-    cx, cy = (w / 2, h / 2) if pp is None else (float(pp[0]), float(pp[1]))
-    focal = _core.estimate_focal(
-        np.ascontiguousarray(pts, np.float32), weights, cx, cy, iters, threads
-    )
-    if not np.isfinite(focal):
-        raise ValueError("estimate_focal: no finite point with a positive weight")
-    return float(focal)
-
-
-def weighted_procrustes(
-    src: np.ndarray,
-    dst: np.ndarray,
-    weights: np.ndarray | None = None,
-    with_scale: bool = True,
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted Umeyama similarity ``dst ~= s * R @ src + T``
-    (``roma.rigid_points_registration(src, dst, weights, compute_scaling=True)`` semantics).
-
-    Minimises ``sum_k w_k |s R x_k + T - y_k|^2``. Weights are normalised to sum 1; the rotation is
-    the special Procrustes solution of the weighted cross-covariance (the smallest singular value
-    is sign-flipped when ``det(U V^T) < 0``); the scale is ``trace(D S) / sigma_x^2``. Pairs with
-    a non-finite coordinate or weight get weight 0 (masked predictions; an extension).
-
-    Args:
-        src: (M,3) (or (...,3), flattened) source points.
-        dst: (M,3) target points, same shape as ``src``.
-        weights: (M,) non-negative weights (or any shape with M elements); ``None`` = uniform.
-        with_scale: estimate ``s``; otherwise ``s = 1`` (rigid registration).
-
-    Returns:
-        ``(s, R, T)``: float scale, (3,3) float64 rotation, (3,) float64 translation.
-
-    Raises:
-        ValueError: on mismatched shapes, non-positive total weight, or a degenerate source
-            (all weighted points coincide) when ``with_scale``.
-    """
-    x = np.asarray(src, dtype=np.float64).reshape(-1, 3)
-    y = np.asarray(dst, dtype=np.float64).reshape(-1, 3)
-    if x.shape != y.shape:
-        raise ValueError(f"weighted_procrustes: src {x.shape} and dst {y.shape} differ")
-    if weights is None:
-        w = np.ones(len(x))
-    else:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape != (len(x),):
-            raise ValueError(
-                f"weighted_procrustes: weights must have {len(x)} elements, got {w.size}"
-            )
-    finite = np.isfinite(x).all(-1) & np.isfinite(y).all(-1) & np.isfinite(w)
-    if not finite.all():
-        w = np.where(finite, w, 0.0)
-        x = np.where(finite[:, None], x, 0.0)
-        y = np.where(finite[:, None], y, 0.0)
-    total = w.sum()
-    if not total > 0:
-        raise ValueError("weighted_procrustes: the weights must have a positive sum")
-    w = w / total
-    xmean = w @ x
-    ymean = w @ y
-    xhat = x - xmean
-    yhat = y - ymean
-    cov = (yhat * w[:, None]).T @ xhat  # sum_k w_k y_k x_k^T
-    u, sv, vt = np.linalg.svd(cov)
-    if np.linalg.det(u @ vt) < 0:
-        u[:, -1] *= -1
-        sv[-1] *= -1
-    rot = u @ vt
-    if with_scale:
-        sigma2_x = float(w @ (xhat * xhat).sum(-1))
-        if not sigma2_x > 0:
-            raise ValueError("weighted_procrustes: degenerate source (zero weighted variance)")
-        s = float(sv.sum() / sigma2_x)
-    else:
-        s = 1.0
-    t = ymean - s * rot @ xmean
-    return s, rot, t
+def _root(parent: list[int], a: int) -> int:
+    """Root of node ``a`` in a union-find forest ``parent`` (with path halving)."""
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
 
 
 def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
@@ -196,19 +61,13 @@ def connected_components(n: int, edges: np.ndarray) -> list[list[int]]:
     graph on ``n`` nodes."""
     parent = list(range(n))
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     for i, j in np.asarray(edges, dtype=np.int64).reshape(-1, 2).tolist():
-        ri, rj = find(i), find(j)
+        ri, rj = _root(parent, i), _root(parent, j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     groups: dict[int, list[int]] = {}
     for a in range(n):
-        groups.setdefault(find(a), []).append(a)
+        groups.setdefault(_root(parent, a), []).append(a)
     return sorted(groups.values(), key=lambda g: g[0])
 
 
@@ -255,15 +114,9 @@ def max_spanning_tree(n: int, edges: np.ndarray, scores: np.ndarray) -> list[int
         )
     parent = list(range(n))
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     tree: list[int] = []
     for e in np.argsort(-scores, kind="stable").tolist():
-        ri, rj = find(int(edges[e, 0])), find(int(edges[e, 1]))
+        ri, rj = _root(parent, int(edges[e, 0])), _root(parent, int(edges[e, 1]))
         if ri == rj:
             continue
         parent[ri] = rj
@@ -271,82 +124,6 @@ def max_spanning_tree(n: int, edges: np.ndarray, scores: np.ndarray) -> list[int
         if len(tree) == n - 1:
             break
     return tree
-
-
-def fast_pnp(
-    pts3d: np.ndarray,
-    focal: float | None,
-    mask: np.ndarray,
-    pp: Sequence[float] | np.ndarray | None = None,
-    niter: int = 10,
-    reproj_error: float = 5.0,
-) -> tuple[float, np.ndarray] | None:
-    """Camera pose (and focal, when unknown) from a world-frame pointmap by RANSAC-PnP
-    (``init_im_poses.fast_pnp``).
-
-    ``cv2.solvePnPRansac`` with SQPnP, ``niter`` iterations and a ``reproj_error`` pixel threshold
-    on the masked pixels. With ``focal=None`` 21 focals on ``geomspace(S/2, 3S)``
-    (``S = max(H, W)``) are tried and the one with the most inliers wins (first one on ties).
-
-    Args:
-        pts3d: (H,W,3) world points seen at each pixel.
-        focal: focal length in pixels, or ``None`` to search it.
-        mask: (H,W) bool, pixels to use (pixels with non-finite points are dropped).
-        pp: principal point ``(cx, cy)``; default ``(W/2, H/2)``.
-        niter: RANSAC iterations (10 in ``init='mst'``, 100 in ``PairViewer``).
-        reproj_error: RANSAC inlier threshold in pixels.
-
-    Returns:
-        ``(focal, cam2world)`` with a (4,4) float64 camera-to-world matrix, or ``None`` if fewer
-        than 4 pixels are masked or every PnP attempt failed.
-    """
-    pts3d = np.asarray(pts3d)
-    mask = np.asarray(mask, dtype=bool)
-    if pts3d.ndim != 3 or pts3d.shape[-1] != 3:
-        raise ValueError(f"fast_pnp: pts3d must have shape (H,W,3), got {pts3d.shape}")
-    h, w, _ = pts3d.shape
-    if mask.shape != (h, w):
-        raise ValueError(f"fast_pnp: mask must have shape {(h, w)}, got {mask.shape}")
-    mask = mask & np.isfinite(pts3d).all(-1)
-    if mask.sum() < 4:
-        return None
-    obj = np.ascontiguousarray(pts3d[mask], dtype=np.float32)
-    img = np.ascontiguousarray(_pixel_grid(h, w)[mask])
-    if focal is None:
-        size = max(w, h)
-        candidates = np.geomspace(size / 2, size * 3, 21).tolist()
-    else:
-        candidates = [float(focal)]
-    cx, cy = (w / 2, h / 2) if pp is None else (float(pp[0]), float(pp[1]))
-    best: tuple[int, np.ndarray, np.ndarray, float] | None = None
-    for f in candidates:
-        k = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]], dtype=np.float32)
-        try:
-            ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-                obj,
-                img,
-                k,
-                None,
-                iterationsCount=niter,
-                reprojectionError=reproj_error,
-                flags=cv2.SOLVEPNP_SQPNP,
-            )
-        except cv2.error:
-            continue
-        if not ok or inliers is None:
-            continue
-        score = len(inliers)
-        if best is None or score > best[0]:
-            best = (score, rvec, tvec, f)
-    if best is None or best[0] == 0:
-        return None
-    _, rvec, tvec, best_focal = best
-    rot_w2c = cv2.Rodrigues(np.asarray(rvec, np.float64))[0]
-    t_w2c = np.asarray(tvec, np.float64).reshape(3)
-    cam2world = np.eye(4)
-    cam2world[:3, :3] = rot_w2c.T
-    cam2world[:3, 3] = -rot_w2c.T @ t_w2c
-    return float(best_focal), cam2world
 
 
 # ------------------------------------------------------------------------------------------------
@@ -497,22 +274,19 @@ def init_mst(
         if im_focals[i] is None:
             # official quirk: uses the pointmap of the previously processed edge
             im_focals[i] = estimate_focal(pred_i(last_key))
-        if i in done:
+        if i in done or j in done:
             key = (i, j)
-            s, rot, t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
-            pts3d[j] = _apply(_srt_to_4x4(s, rot, t), pred_j(key))
-            done.add(j)
+            e = key_to_e[key]
+            # both predictions are in camera i's frame: the registration is camera i's pose
+            pred = {i: pred_i(key), j: pred_j(key)}
+            conf = {i: conf_i[e], j: conf_j[e]}
+            placed, new = (i, j) if i in done else (j, i)
+            s, rot, t = weighted_procrustes(pred[placed], pts3d[placed], conf[placed])
+            pts3d[new] = transform_points(sim3_matrix(s, rot, t), pred[new])
+            done.add(new)
             last_key = key
             if im_poses[i] is None:
-                im_poses[i] = _srt_to_4x4(1.0, rot, t)
-        elif j in done:
-            key = (i, j)
-            s, rot, t = weighted_procrustes(pred_j(key), pts3d[j], conf_j[key_to_e[key]])
-            pts3d[i] = _apply(_srt_to_4x4(s, rot, t), pred_i(key))
-            done.add(i)
-            last_key = key
-            if im_poses[i] is None:
-                im_poses[i] = _srt_to_4x4(1.0, rot, t)
+                im_poses[i] = sim3_matrix(1.0, rot, t)
         else:
             todo.insert(0, (score, i, j))  # try again later
 
@@ -543,28 +317,26 @@ def init_mst(
 
     # 5. pairwise poses for every edge, then the scale normalisation
     pw_poses = np.zeros((len(edges), 8), dtype=np.float32)
+    pw_rot = np.empty((len(edges), 3, 3))
     for e, (i, j) in enumerate(edges.tolist()):
         key = (i, j)
-        s, rot, t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
-        pw_poses[e, :4] = rotmat_to_quat_xyzw(rot)
+        s, pw_rot[e], t = weighted_procrustes(pred_i(key), pts3d[i], conf_i[key_to_e[key]])
         pw_poses[e, 4:7] = signed_log1p(t / s)
         pw_poses[e, 7] = np.log(s)
+    pw_poses[:, :4] = rotmat_to_quat_xyzw(pw_rot)
     s_factor = float(np.exp(np.log(BASE_SCALE) - np.mean(pw_poses[:, 7], dtype=np.float64)))
 
     poses = np.stack(im_poses).astype(np.float64)
     poses[:, :3, 3] *= s_factor
     log_depth = np.zeros((n, h, w), dtype=np.float32)
     im_params = np.zeros((n, 7), dtype=np.float32)
+    im_params[:, :4] = rotmat_to_quat_xyzw(poses[:, :3, :3])
+    im_params[:, 4:] = signed_log1p(poses[:, :3, 3])
     for k in range(n):
-        pts = pts3d[k] * s_factor
-        rot, t = poses[k, :3, :3], poses[k, :3, 3]
-        world2cam = np.linalg.inv(poses[k])
-        depth = _apply(world2cam, pts)[..., 2]
+        depth = transform_points(np.linalg.inv(poses[k]), pts3d[k] * s_factor)[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             ld = np.log(depth)
         log_depth[k] = np.nan_to_num(ld, nan=0.0, neginf=0.0, posinf=np.finfo(np.float32).max)
-        im_params[k, :4] = rotmat_to_quat_xyzw(rot)
-        im_params[k, 4:] = signed_log1p(t)
 
     return {
         "log_depth": log_depth,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from ..geometry import relative_pose_rt
 from . import params as P
 
 
@@ -84,21 +85,19 @@ def cpu_kernel(data: AlignData, geo: P.Geometry, flow_args: dict[str, Any]) -> t
     )  # fmt: skip
 
 
-def relative_poses(edges: np.ndarray, rot: np.ndarray, trans: np.ndarray):
-    """(E,2,3,3) R_rel and (E,2,3) t_rel of both flow directions: i→j then j→i.
+def relative_poses(
+    edges: np.ndarray, rot: np.ndarray, trans: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(E,2,3,3) R_rel and (E,2,3) t_rel of both flow directions of every edge: i→j then j→i,
+    from camera-to-world ``rot`` (N,3,3) and ``trans`` (N,3).
 
-    Direction i→j maps camera i to camera j: ``R_rel = R_jᵀR_i``, ``t_rel = R_jᵀ(T_i − T_j)``.
+    Direction i→j maps camera i to camera j (:func:`monst3r_rt.geometry.relative_pose_rt`):
+    ``R_rel = R_jᵀR_i``, ``t_rel = R_jᵀ(T_i − T_j)``.
     """
     i, j = edges[:, 0], edges[:, 1]
-    r = np.stack([rot[j].transpose(0, 2, 1) @ rot[i], rot[i].transpose(0, 2, 1) @ rot[j]], 1)
-    t = np.stack(
-        [
-            np.einsum("eji,ej->ei", rot[j], trans[i] - trans[j]),
-            np.einsum("eji,ej->ei", rot[i], trans[j] - trans[i]),
-        ],
-        1,
-    )
-    return np.ascontiguousarray(r), np.ascontiguousarray(t)
+    r_ij, t_ij = relative_pose_rt(rot[i], trans[i], rot[j], trans[j])
+    r_ji, t_ji = relative_pose_rt(rot[j], trans[j], rot[i], trans[i])
+    return np.stack([r_ij, r_ji], 1), np.stack([t_ij, t_ji], 1)  # C-contiguous
 
 
 def _flow_chain(edges, rot, trans, g_flow, g_rot, g_trans, g_focal) -> None:

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The parameters hold XYZW quaternions; these names are the parameterisation's (lm, driver use
+# them): the one implementation is in monst3r_rt.geometry.
+from ..geometry import quat_xyzw_to_rotmat as quat_to_rotmat
+from ..geometry import rotmat_to_quat_xyzw as rotmat_to_quat  # noqa: F401 (re-exported)
+
 FOCAL_BREAK = 20.0
 BASE_SCALE = 0.5
 PARAM_NAMES = ("log_depth", "im_poses", "focal", "pw_poses")
@@ -42,20 +47,6 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """(K,4) XYZW quaternions, not necessarily unit → (K,3,3) rotation matrices."""
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = np.moveaxis(q, -1, 0)
-    return np.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-            2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-            2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-        ],
-        axis=-1,
-    ).reshape(q.shape[:-1] + (3, 3))  # fmt: skip
-
-
 def quat_to_rotmat_vjp(q: np.ndarray, grad_r: np.ndarray) -> np.ndarray:
     """Gradient with respect to the raw quaternion ``q`` (K,4) of a loss with ``dL/dR`` (K,3,3)."""
     norm = np.linalg.norm(q, axis=-1, keepdims=True)
@@ -73,45 +64,6 @@ def quat_to_rotmat_vjp(q: np.ndarray, grad_r: np.ndarray) -> np.ndarray:
     gu = np.moveaxis(gu, 0, -1).reshape(q.shape)
     # through the normalisation u = q/|q|
     return (gu - u * np.sum(gu * u, axis=-1, keepdims=True)) / norm
-
-
-def rotmat_to_quat_xyzw(rot: np.ndarray) -> np.ndarray:
-    """Unit quaternion ``[qx, qy, qz, qw]`` of a 3x3 rotation matrix.
-
-    Uses the same branch selection as ``roma.rotmat_to_unitquat`` (largest of the diagonal entries
-    and the trace), so the quaternion's sign matches the official initialisation.
-
-    Args:
-        rot: (3,3) rotation matrix (column-vector convention, ``x' = R x``).
-
-    Returns:
-        (4,) float64 unit quaternion, XYZW.
-    """
-    m = np.asarray(rot, dtype=np.float64)
-    diag = np.diagonal(m)
-    decision = np.array([diag[0], diag[1], diag[2], diag.sum()])
-    choice = int(np.argmax(decision))
-    q = np.empty(4)
-    if choice != 3:
-        i = choice
-        j = (i + 1) % 3
-        k = (j + 1) % 3
-        q[i] = 1.0 - decision[3] + 2.0 * m[i, i]
-        q[j] = m[j, i] + m[i, j]
-        q[k] = m[k, i] + m[i, k]
-        q[3] = m[k, j] - m[j, k]
-    else:
-        q[0] = m[2, 1] - m[1, 2]
-        q[1] = m[0, 2] - m[2, 0]
-        q[2] = m[1, 0] - m[0, 1]
-        q[3] = 1.0 + decision[3]
-    return q / np.linalg.norm(q)
-
-
-def rotmat_to_quat(r: np.ndarray) -> np.ndarray:
-    """(K,3,3) rotations → (K,4) unit XYZW quaternions (roma's branch selection)."""
-    r = np.asarray(r, dtype=np.float64).reshape(-1, 3, 3)
-    return np.stack([rotmat_to_quat_xyzw(m) for m in r]) if len(r) else np.zeros((0, 4))
 
 
 def pairwise_scale(s: np.ndarray, pin: bool = True) -> np.ndarray:

@@ -6,6 +6,10 @@ autograd. It is the correctness oracle for the fast kernels and the timed stand-
 official optimiser in benchmarks; torch is imported at module level on purpose (tests and
 benchmarks only).
 
+Being an independent oracle, it keeps its own PyTorch versions of the geometry (quaternions,
+unprojection, relative poses) on purpose instead of using :mod:`monst3r_rt.geometry`: a bug there
+must not be copied into the reference it is checked against.
+
 Parameterisation (identical to the official one, element-wise Adam depends on it):
 
 - ``log_depth`` (N,H,W): depth ``D = exp(log_depth)``.
