@@ -59,3 +59,33 @@ def _depth_to_points_cuda(depth: Any, focal: Any, pp: Any | None) -> Any:
         current_stream(depth),
     )
     return out
+
+
+def world_points(depth: Any, cam_to_world: Any, intrinsics: Any) -> Any:
+    """World-frame pointmaps of z-depth maps, camera-to-world poses and pinhole intrinsics.
+
+    Args:
+        depth: (N,H,W) float32 z-depth (any unit); numpy, or a torch CUDA tensor / CuPy array
+            (then the other two arrays must be float32 contiguous on the same device).
+        cam_to_world: (N,4,4) camera-to-world ``[R | t]`` (OpenCV axes: x right, y down,
+            z forward); the last row is not read.
+        intrinsics: (N,3,3) ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels (no skew).
+
+    Returns:
+        (N,H,W,3) float32 world points ``R · D·K⁻¹[x, y, 1] + t`` in the unit of ``depth``, on
+        the device and library of ``depth``; pixel (x, y) has its centre at integer coordinates.
+    """
+    if not is_cuda_array(depth):
+        return _core.world_points(depth, cam_to_world, intrinsics)
+    if len(depth.shape) != 3:
+        raise ValueError(f"depth must have shape (N,H,W), got {tuple(depth.shape)}")
+    n, h, w = (int(s) for s in depth.shape)
+    out = empty_like_shape(depth, (n, h, w, 3))
+    pointers = [
+        device_pointer(depth, "depth", (n, h, w)),
+        device_pointer(cam_to_world, "cam_to_world", (n, 4, 4)),
+        device_pointer(intrinsics, "intrinsics", (n, 3, 3)),
+        device_pointer(out, "points", (n, h, w, 3)),
+    ]
+    _core.world_points_cuda(pointers, n, h, w, current_stream(depth))
+    return out
