@@ -23,8 +23,7 @@ std::string adam_step_cuda(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, i
                            const AdamCoeffs<T>& c, void* stream) {
   if (count <= 0) return "";
   const int threads = 256;
-  const int64_t wanted = (count + threads - 1) / threads;
-  const int blocks = static_cast<int>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  const int blocks = grid_stride_blocks(count, threads);
   adam_kernel<T><<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(
       param, exp_avg, exp_avg_sq, grad, count, c);
   const cudaError_t err = cudaGetLastError();

@@ -30,8 +30,7 @@ std::string world_points_cuda(const float* depth, const float* cam_to_world,
   const int64_t total = n * h * w;
   if (total == 0) return "";
   const int threads = 256;
-  const int64_t wanted = (total + threads - 1) / threads;
-  const int blocks = static_cast<int>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+  const int blocks = grid_stride_blocks(total, threads);
   world_points_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(
       depth, cam_to_world, intrinsics, points, n, h, w);
   const cudaError_t err = cudaGetLastError();

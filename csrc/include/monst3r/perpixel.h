@@ -24,6 +24,12 @@ void world_points_cpu(const float* depth, const float* cam_to_world, const float
                       float* points, int64_t n, int64_t h, int64_t w);
 
 #ifdef MONST3R_RT_WITH_CUDA
+// Blocks of `threads` for a grid-stride loop over `total` items (capped; the loop covers the rest).
+inline int grid_stride_blocks(int64_t total, int threads) {
+  const int64_t wanted = (total + threads - 1) / threads;
+  return static_cast<int>(wanted < 65535 * 8 ? wanted : 65535 * 8);
+}
+
 // CUDA twins: every pointer is device memory; `stream` is a cudaStream_t (0 = legacy default).
 // Return an empty string on success, else the CUDA error text.
 template <typename T>
