@@ -342,12 +342,14 @@ void register_boundary(py::module_& m);
 void register_geometry(py::module_& m);
 void register_lm(py::module_& m);
 void register_motion(py::module_& m);
+void register_perpixel(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   register_boundary(m);
   register_geometry(m);
   register_lm(m);
   register_motion(m);
+  register_perpixel(m);
   m.doc() = "monst3r_rt compiled core: C++/OpenMP kernels and their CUDA twins";
   m.def("build_info", &build_info,
         "What the module was built with: compiler, OpenMP and thread count, CUDA and its "

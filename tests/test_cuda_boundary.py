@@ -295,6 +295,30 @@ def test_pair_moments_cuda_checks_its_arrays():
            _core.pair_moments_cuda, **moments_args(weights=host))  # fmt: skip
 
 
+def adam_args(p=11, dtype="float32", **override):
+    names = ("param", "exp_avg", "exp_avg_sq", "grad")
+    args = {name: cuda(p, dtype=dtype) for name in names} | dict(step=1, lr=0.01)
+    args.update(override)
+    return args
+
+
+def world_args(n=2, h=4, w=5, **override):
+    args = dict(depth=cuda(n, h, w), cam_to_world=cuda(n, 4, 4), intrinsics=cuda(n, 3, 3),
+                points=cuda(n, h, w, 3))  # fmt: skip
+    args.update(override)
+    return args
+
+
+def test_adam_and_world_points_cuda_check_their_arrays():
+    raises(ValueError, "exp_avg_sq: expected float64 on cuda:0 with shape (11,), got float32",
+           _core.adam_step_cuda, **adam_args(dtype="float64", exp_avg_sq=cuda(11)))  # fmt: skip
+    raises(ValueError, "grad: expected float32 on cuda:0 with shape (11,), got float32 on "
+           "cuda:0 with shape (10,)", _core.adam_step_cuda, **adam_args(grad=cuda(10)))  # fmt: skip
+    raises(ValueError, "intrinsics: expected float32 on cuda:0 with shape (2,3,3), got float32 "
+           "on cuda:0 with shape (2,4,4)", _core.world_points_cuda,
+           **world_args(intrinsics=cuda(2, 4, 4)))  # fmt: skip
+
+
 def test_block_sizes_are_the_cpu_kernels():
     """The exported sizes are those of the CPU outputs, and the CUDA wrapper uses them."""
     from align_problems import random_problem
@@ -334,6 +358,9 @@ def test_block_sizes_are_the_cpu_kernels():
         ("align_energy_grad_cuda", align_args(dtype="float64", flow=True)),
         ("pair_moments_cuda", moments_args()),
         ("pair_moments_cuda", moments_args(weights=None)),
+        ("adam_step_cuda", adam_args()),
+        ("adam_step_cuda", adam_args(dtype="float64")),
+        ("world_points_cuda", world_args()),
     ],
 )
 def test_valid_arrays_pass_every_check(entry, args):

@@ -38,7 +38,7 @@ __all__ = [
     "relative_pose", "relative_pose_rt", "sim3_matrix", "transform_points",
     "unproject", "unproject_depth", "project", "frustum_lines", "depth_to_points",
     "PairMoments", "pair_moments", "umeyama", "weighted_procrustes",
-    "estimate_focal", "pnp_ransac", "fast_pnp",
+    "estimate_focal", "pnp_ransac", "fast_pnp", "world_points",
 ]  # fmt: skip
 
 
@@ -563,3 +563,31 @@ def fast_pnp(
     cam2world[:3, :3] = rot_w2c.T
     cam2world[:3, 3] = -rot_w2c.T @ t_w2c
     return float(best_focal), cam2world
+
+
+def world_points(depth: Any, cam_to_world: Any, intrinsics: Any) -> Any:
+    """World-frame pointmaps of z-depth maps, camera-to-world poses and pinhole intrinsics.
+
+    Args:
+        depth: (N,H,W) float32 z-depth (any unit); numpy, or a torch CUDA tensor / CuPy array
+            (then host poses and intrinsics are copied next to it).
+        cam_to_world: (N,4,4) camera-to-world ``[R | t]`` (OpenCV axes: x right, y down,
+            z forward); the last row is not read.
+        intrinsics: (N,3,3) ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels (no skew).
+
+    Returns:
+        (N,H,W,3) float32 world points ``R · D·K⁻¹[x, y, 1] + t`` in the unit of ``depth``, on
+        the device and library of ``depth``; pixel (x, y) has its centre at integer coordinates.
+    """
+    if not is_cuda_array(depth):
+        return _core.world_points(depth, cam_to_world, intrinsics)
+    require_cuda_kernels("depth")
+    if len(depth.shape) != 3:
+        raise ValueError(f"depth must have shape (N,H,W), got {tuple(depth.shape)}")
+    n, h, w = (int(s) for s in depth.shape)
+    with on_device(depth) as stream:
+        pose = per_view(depth, cam_to_world, (n, 4, 4), "cam_to_world")
+        k = per_view(depth, intrinsics, (n, 3, 3), "intrinsics")
+        out = empty_like_shape(depth, (n, h, w, 3))
+        _core.world_points_cuda(depth, pose, k, out, stream=stream)
+    return out

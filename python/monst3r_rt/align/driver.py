@@ -338,7 +338,6 @@ def _align_windows(
     """Overlapping windows, each optimised with the previous window's overlap frozen, so the
     optimiser's memory is bounded by the window. Poses and scale stay continuous: each window's
     initialisation is mapped onto the frozen frames by a similarity before optimising."""
-    from ..geometry import depth_to_points
     from .init import weighted_procrustes
 
     size, overlap = cfg.window  # type: ignore[misc]
@@ -374,8 +373,8 @@ def _align_windows(
             fixed["focal"] = full["focal"]
             local = {key: params[key][ov - a] for key in ("log_depth", "im_poses")}
             local["focal"] = params["focal"]
-            src = _world_points(local, depth_to_points, sub.pp[: len(ov)])
-            dst = _world_points(fixed, depth_to_points, sub.pp[: len(ov)])
+            src = _world_points(local, sub.pp[: len(ov)])
+            dst = _world_points(fixed, sub.pp[: len(ov)])
             stride = max(1, src.shape[0] // 20000)
             s, rot, t = weighted_procrustes(src[::stride], dst[::stride], None, with_scale=True)
             _similarity(params, s, rot, t)
@@ -402,13 +401,27 @@ def _align_windows(
     return out, history, extra
 
 
-def _world_points(params: dict[str, np.ndarray], depth_to_points, pp: np.ndarray) -> np.ndarray:
+def _cameras(geo: P.Geometry, pp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,4,4) float32 camera-to-world poses and (N,3,3) float32 intrinsics of ``geo``."""
+    n = len(geo.rot)
+    poses = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+    poses[:, :3, :3] = geo.rot
+    poses[:, :3, 3] = geo.trans
+    k = np.zeros((n, 3, 3), np.float32)
+    k[:, 0, 0] = k[:, 1, 1] = geo.focal
+    k[:, :2, 2] = pp
+    k[:, 2, 2] = 1
+    return poses, k
+
+
+def _world_points(params: dict[str, np.ndarray], pp: np.ndarray) -> np.ndarray:
     """(M,3) world points of the given frames' depth maps (float64)."""
+    from ..geometry import world_points
+
     n = len(params["im_poses"])
     identity = np.array([[0, 0, 0, 1, 0, 0, 0, 0]], np.float32)  # no edges needed here
-    geo = P.geometry(dict(params, pw_poses=identity), n)
-    cam = depth_to_points(np.exp(params["log_depth"]).astype(np.float32), geo.focal, pp)
-    world = np.einsum("nij,nhwj->nhwi", geo.rot, cam) + geo.trans[:, None, None]
+    poses, k = _cameras(P.geometry(dict(params, pw_poses=identity), n), pp)
+    world = world_points(np.exp(params["log_depth"]).astype(np.float32), poses, k)
     return world.reshape(-1, 3).astype(np.float64)
 
 
@@ -420,24 +433,15 @@ def assemble(
     masks: np.ndarray | None,
 ) -> AlignResult:
     """Parameters → :class:`AlignResult` (poses, depths, intrinsics, world points, conf)."""
-    from ..geometry import depth_to_points
+    from ..geometry import world_points
 
     n = data.n_frames
-    h, w = data.shape
     geo = P.geometry(params, n)
-    poses = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
-    poses[:, :3, :3] = geo.rot
-    poses[:, :3, 3] = geo.trans
+    poses, k = _cameras(geo, data.pp)
     depths = np.exp(params["log_depth"]).astype(np.float32)
-    focals = geo.focal.astype(np.float32)
-    k = np.zeros((n, 3, 3), np.float32)
-    k[:, 0, 0] = k[:, 1, 1] = focals
-    k[:, :2, 2] = data.pp
-    k[:, 2, 2] = 1
-    cam = depth_to_points(depths, focals, data.pp)
-    pts3d = np.einsum("nij,nhwj->nhwi", poses[:, :3, :3], cam) + poses[:, None, None, :3, 3]
+    pts3d = world_points(depths, poses, k)
     conf = per_frame_conf(data.edges, np.asarray(conf_i), np.asarray(conf_j), n)
     return AlignResult(
-        poses=poses, depths=depths, focals=focals, intrinsics=k,
-        pts3d=pts3d.astype(np.float32), conf=conf, dynamic_masks=masks,
+        poses=poses, depths=depths, focals=geo.focal.astype(np.float32), intrinsics=k,
+        pts3d=pts3d, conf=conf, dynamic_masks=masks,
     )  # fmt: skip
