@@ -434,3 +434,61 @@ def test_flow_couplings_exact_at_zero_alignment_residual():
     assert np.abs(gram).max() > 1e-3 * scale  # the couplings are there
     np.testing.assert_allclose(red.matrix.toarray(), s_ref, atol=1e-5 * scale)
     np.testing.assert_allclose(red.grad, g_ref, atol=1e-6 * np.abs(g_ref).max())
+
+
+# ---- windows ------------------------------------------------------------------------------------
+def test_lm_frozen_frames_and_focal_do_not_move():
+    """``_optimize`` as the windows call it: frozen frames keep their depth and pose bit for bit,
+    the focal too; the other frames move and the (unpinned-gauge) energy decreases."""
+    sc, data, p0 = _problem(noise=True, n_objects=1, n_frames=8, size=(24, 32))
+    flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges), 8,
+                               24, 32)  # fmt: skip
+    frozen = np.zeros(8, bool)
+    frozen[:3] = True
+    # the windows' unpinned gauge: σ_e = exp(s_e) (driver._similarity writes absolute log-scales)
+    p0["pw_poses"][:, 7] = np.log(P.pairwise_scale(p0["pw_poses"][:, 7]))
+    cfg = AlignConfig(solver="lm", lm_iters=6)
+    p, hist = driver._optimize(data, flow, cfg, "cpu", p0, frozen=frozen, freeze_focal=True,
+                               pin_scale=False)  # fmt: skip
+    for key in ("log_depth", "im_poses"):
+        np.testing.assert_array_equal(p[key][frozen], p0[key][frozen])
+        assert np.abs(p[key][~frozen] - p0[key][~frozen]).max() > 1e-4
+    np.testing.assert_array_equal(p["focal"], p0["focal"])
+    assert hist[-1] < hist[0]
+    e_end = evaluate(data, p, flow=flow, pin_scale=False)[0]
+    assert e_end == pytest.approx(hist[-1], rel=1e-6)
+
+
+def _perturbed_init(monkeypatch, seed: int = 0):
+    """Perturb every MST initialisation (exact on exact data) so that the optimiser has work."""
+    rng = np.random.default_rng(seed)
+    original = driver._init
+
+    def init(*args, **kw):
+        p = original(*args, **kw)
+        p["log_depth"] += rng.normal(0, 0.02, p["log_depth"].shape).astype(np.float32)
+        p["im_poses"][:, 4:7] += rng.normal(0, 0.01, p["im_poses"][:, 4:7].shape).astype(np.float32)
+        p["pw_poses"][:, :7] += rng.normal(0, 0.01, p["pw_poses"][:, :7].shape).astype(np.float32)
+        return p
+
+    monkeypatch.setattr(driver, "_init", init)
+
+
+def test_windowed_lm_matches_full_lm_on_exact_data(monkeypatch):
+    """Exact predictions (no smoothness prior): the windowed problem has the full problem's
+    solution, so windowed LM (frozen overlaps, frozen focal, free gauge) must land on full LM."""
+    from test_align import ate, depth_error
+
+    sc = make_scene(n_frames=12, size=(24, 32), n_objects=0, seed=1)
+    _perturbed_init(monkeypatch)
+    args = (sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j)
+    cfg = dict(solver="lm", temporal_smoothing_weight=0.0, lm_ftol=1e-7)
+    full = driver.global_align(*args, config=AlignConfig(**cfg))
+    win = driver.global_align(*args, config=AlignConfig(window=(6, 3), **cfg))
+    assert win.diagnostics["windows"] == [[0, 6], [3, 9], [6, 12]]
+    init = driver.global_align(*args, config=AlignConfig(niter=0))  # the perturbed start
+    assert ate(init.poses, sc.poses) > 1e-2  # there was work to do
+    assert ate(full.poses, sc.poses) < 1e-3
+    assert ate(win.poses, full.poses) < 1e-3
+    assert depth_error(win.depths, full.depths) < 1e-3
+    np.testing.assert_allclose(win.focals, full.focals, rtol=1e-3)

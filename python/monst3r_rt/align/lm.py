@@ -45,6 +45,7 @@ from .objective import AlignData, FlowData, cpu_kernel, evaluate
 
 Params = dict[str, np.ndarray]
 _DEBUG = bool(__import__("os").environ.get("LM_DEBUG"))
+_MAX_ALPHA = float(__import__("os").environ.get("LM_MAXALPHA", "2"))
 
 
 def solve_kkt(kkt: sp.csc_matrix, rhs: np.ndarray) -> np.ndarray:
@@ -163,11 +164,14 @@ def _iteration(data, cur, energy, with_flow, terms, lam, opts) -> tuple:
             lam = max(lam / 3.0, 1e-9)
             # IRLS steps undershoot (the majoriser's curvature along r is too high): try an
             # over-relaxed step once
-            if overrelax > 1.0:
-                cand2 = _candidate(sys_, cur, dx, dl, overrelax, terms, idx)
+            alpha = 1.0
+            while overrelax > 1.0 and alpha < _MAX_ALPHA:
+                alpha *= overrelax
+                cand2 = _candidate(sys_, cur, dx, dl, alpha, terms, idx)
                 e2, fw2 = energy(cand2, with_flow)
-                if np.isfinite(e2) and e2 < e_new:
-                    cand, e_new, fw = cand2, e2, fw2
+                if not (np.isfinite(e2) and e2 < e_new):
+                    break
+                cand, e_new, fw = cand2, e2, fw2
             return cand, e_new, fw, lam, True
         lam *= 4.0
         if _DEBUG:
