@@ -379,12 +379,13 @@ template <typename T>
 std::string lm_backsub_cuda(const AlignProblem<T>& pb, const LmOptions& opt, T eps,
                             const int64_t* inc_offsets, const int64_t* inc_entries,
                             const LmBacksub<T>& bs, void* stream);
-// targets: the frame's distinct target frames (device, n_targets entries, increasing).
+// targets: the frame's distinct target frames (device, n_targets entries, increasing); x: rows ×
+// (p1 − p0) floats (zeroed by the launcher), rows = 4k + 7·n_targets.
 template <typename T>
 std::string lm_cross_features_cuda(const AlignProblem<T>& pb, const LmOptions& opt, T eps,
                                    int64_t v, int64_t p0, int64_t p1, const int64_t* inc_offsets,
                                    const int64_t* inc_entries, const int64_t* targets,
-                                   int64_t n_targets, float* x, void* stream);
+                                   int64_t n_targets, float* x, int64_t rows, void* stream);
 #endif
 
 }  // namespace monst3r
