@@ -492,3 +492,141 @@ def test_windowed_lm_matches_full_lm_on_exact_data(monkeypatch):
     assert ate(win.poses, full.poses) < 1e-3
     assert depth_error(win.depths, full.depths) < 1e-3
     np.testing.assert_allclose(win.focals, full.focals, rtol=1e-3)
+
+
+# ---- CUDA twins ---------------------------------------------------------------------------------
+def test_incident_csr_follows_the_cpu_kernels_order():
+    pytest.importorskip("torch")
+    from monst3r_rt.align.lm_cuda import incident_csr
+
+    edges = np.array([[0, 1], [1, 0], [2, 0], [1, 2], [0, 2]])
+    offsets, entries = incident_csr(edges, 3)
+    per_frame = [entries[offsets[v] : offsets[v + 1]].tolist() for v in range(3)]
+    # 2·edge + side, edges increasing: frame 0 is side 0 of edges 0, 4 and side 1 of 1, 2
+    assert per_frame == [[0, 3, 5, 8], [1, 2, 6], [4, 7, 9]]
+
+
+def _cuda_or_skip():
+    from conftest import cuda_arrays_available
+
+    ok, why = cuda_arrays_available()
+    if not ok:
+        pytest.skip(why)
+    return pytest.importorskip("torch")
+
+
+def test_lm_cuda_kernels_match_cpu():
+    """At a realistic size (48 frames' edges at 144×256, float32, flows, two frozen frames): the
+    CUDA accumulators, coupling features and depth step equal the CPU kernels' (both sum in
+    double; the tolerance covers the summation order and float32 inputs)."""
+    torch = _cuda_or_skip()
+    from monst3r_rt.align.lm_cuda import CudaKernels
+    from monst3r_rt.align.lm_system import CpuKernels
+
+    sc, data, p0 = _problem(noise=True, n_objects=2, n_frames=48, size=(144, 256))
+    flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges), 48,
+                               144, 256)  # fmt: skip
+    frozen = np.zeros(48, bool)
+    frozen[[0, 7]] = True
+    terms = LmTerms(flow=flow, flow_weights=(1e-8, 2e-8), frozen=frozen)
+    geo = P.geometry(p0, 48)
+    norm = 1.0 / (len(data.edges) * 144 * 256)
+    cpu, gpu = CpuKernels(data, flow), CudaKernels(data, flow)
+    cur_gpu = dict(p0, log_depth=torch.from_numpy(p0["log_depth"]).cuda())
+    st_c, st_g = cpu.state(p0, geo, terms, norm), gpu.state(cur_gpu, geo, terms, norm)
+    eps = 1e-4 * cpu.depth_scale(p0["log_depth"])
+    out_c, out_g = cpu.accumulate(st_c, eps), gpu.accumulate(st_g, eps)
+    assert out_g[0] == pytest.approx(out_c[0], rel=1e-9)
+    for a, b in zip(out_c[1:], out_g[1:], strict=True):
+        assert a.shape == b.shape and np.abs(a).max() > 0
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+    for v in (3, 7):  # a free frame and a frozen one (zero features)
+        xc = cpu.features(st_c, eps, v, 1000, 9000)
+        xg = gpu.features(st_g, eps, v, 1000, 9000).cpu().numpy()
+        np.testing.assert_allclose(xg, xc, rtol=1e-4, atol=1e-6 * max(np.abs(xc).max(), 1e-30))
+    rng = np.random.default_rng(0)
+    dframe = rng.normal(0, 1e-3, (48, 7))
+    dedge = rng.normal(0, 1e-3, (len(data.edges), 7))
+    dl_c = cpu.backsub(st_c, eps, dframe, dedge)
+    dl_g = gpu.backsub(st_g, eps, dframe, dedge).cpu().numpy()
+    np.testing.assert_allclose(dl_g, dl_c, rtol=1e-4, atol=1e-5 * np.abs(dl_c).max())
+    assert np.all(dl_g[frozen] == 0)
+
+
+def test_global_align_lm_cuda_matches_cpu():
+    """End to end with flows: ``device="cuda"`` follows the CPU run's energies."""
+    _cuda_or_skip()
+    sc = make_scene(n_frames=10, size=(32, 48), n_objects=1, depth_noise=0.03, pose_noise=0.02,
+                    seed=21)  # fmt: skip
+    kw = dict(flows=(sc.flow_ij, sc.flow_ji), dynamic_masks=sc.dynamic_masks,
+              config=AlignConfig(solver="lm", lm_iters=8))  # fmt: skip
+    args = (sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j)
+    cpu = driver.global_align(*args, **kw)
+    gpu = driver.global_align(*args, device="cuda", **kw)
+    np.testing.assert_allclose(gpu.energy, cpu.energy, rtol=1e-4)
+    np.testing.assert_allclose(gpu.poses, cpu.poses, atol=1e-3)
+
+
+# ---- LM with the flow term: energy and poses ----------------------------------------------------
+def _flow_inputs(sc, n_frames, size):
+    data = driver.prepare(sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, n_frames)
+    flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges),
+                               n_frames, *size)  # fmt: skip
+    p0 = driver._init(data, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, AlignConfig())
+    return data, flow, p0
+
+
+def test_lm_with_flow_reaches_adam_energy():
+    """Official objective with the flow term (start, cut, gate): LM's final energy is at or below
+    Adam's after its 300 official iterations, from the same initialisation."""
+    sc = make_scene(n_frames=10, size=(32, 48), n_objects=1, depth_noise=0.05, pose_noise=0.02,
+                    seed=3)  # fmt: skip
+    data, flow, p0 = _flow_inputs(sc, 10, (32, 48))
+    p_adam, _ = driver._optimize(data, flow, AlignConfig(), "cpu", p0)
+    p_lm, h_lm = driver._optimize(data, flow, AlignConfig(solver="lm"), "cpu", p0)
+    e_adam, _, t_adam = evaluate(data, p_adam, flow=flow)
+    e_lm, _, t_lm = evaluate(data, p_lm, flow=flow)
+    assert t_lm["flow"] > 0 and t_adam["flow"] > 0  # the term is on (not gated) at both ends
+    assert e_lm <= e_adam, (e_lm, e_adam)
+    assert h_lm[-1] == pytest.approx(e_lm, rel=1e-6)  # the history is the official energy
+    assert len(h_lm) <= 32
+
+
+def test_lm_gated_flow_term_changes_nothing():
+    """Measured flows far from any ego-flow: the term exceeds the gate (25) and is off, so LM
+    with flows follows LM without them."""
+    sc = make_scene(n_frames=8, size=(24, 32), n_objects=1, depth_noise=0.05, pose_noise=0.02,
+                    seed=4)  # fmt: skip
+    data, flow, p0 = _flow_inputs(sc, 8, (24, 32))
+    far = replace(flow, flow_ij=flow.flow_ij + 40, flow_ji=flow.flow_ji - 40)
+    assert evaluate(data, p0, flow=far)[2]["flow"] == 0  # gated
+    cfg = AlignConfig(solver="lm", lm_iters=6, lm_ftol=0.0)
+    p_far, h_far = driver._optimize(data, far, cfg, "cpu", p0)
+    p_none, h_none = driver._optimize(data, None, cfg, "cpu", p0)
+    assert len(h_none) == 7
+    np.testing.assert_array_equal(h_far, h_none)
+    for k in p_none:
+        np.testing.assert_array_equal(p_far[k], p_none[k])
+
+
+def test_lm_flow_term_improves_poses_when_predictions_are_wrong_on_the_moving_object():
+    """tests/test_motion.py's Adam test with LM: half of the pairs put the moving object
+    somewhere else; the flow term (static pixels only) pulls the poses back."""
+    from test_align import _run, ate
+
+    sc = make_scene(n_frames=12, size=(48, 64), n_objects=1, object_motion=0.1,
+                    depth_noise=0.02, pose_noise=0.01, seed=2)  # fmt: skip
+    cfg = AlignConfig(solver="lm")
+    flows = (sc.flow_ij, sc.flow_ji)
+    clean = ate(_run(sc, config=cfg).poses, sc.poses)
+    clean_flow = ate(_run(sc, config=cfg, flows=flows, dynamic_masks=sc.dynamic_masks).poses,
+                     sc.poses)  # fmt: skip
+    assert clean_flow <= clean * 1.02
+    bad = np.random.default_rng(2).random(len(sc.edges)) < 0.5
+    for e in np.nonzero(bad)[0]:
+        obj = sc.dynamic_masks[sc.edges[e, 1]]
+        sc.pts_j[e][obj] += np.array([0.5, 0.3, -0.8], np.float32) * sc.pairwise_scales[e]
+    wrong = ate(_run(sc, config=cfg).poses, sc.poses)
+    wrong_flow = ate(_run(sc, config=cfg, flows=flows, dynamic_masks=sc.dynamic_masks).poses,
+                     sc.poses)  # fmt: skip
+    assert wrong_flow < 0.8 * wrong, (wrong, wrong_flow)

@@ -36,6 +36,22 @@
 #include "monst3r/common.h"
 #include "monst3r/egoflow.h"
 
+// Full unrolling of the small fixed loops of the per-pixel functions (the CPU's loops over pixels
+// vectorise only when no inner loop is left).
+#if defined(__CUDACC__)
+#define MONST3R_LM_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define MONST3R_LM_UNROLL _Pragma("GCC unroll 16")
+#else
+#define MONST3R_LM_UNROLL
+#endif
+// The flow rows are inlined into the CPU's vectorised loop over pixels.
+#if !defined(__CUDACC__) && defined(__GNUC__)
+#define MONST3R_LM_INLINE __attribute__((always_inline)) inline
+#else
+#define MONST3R_LM_INLINE MONST3R_HD
+#endif
+
 namespace monst3r {
 
 // Per (edge, side) accumulator layout (doubles):
@@ -135,104 +151,122 @@ MONST3R_HD void lm_frame_jacobian(const double* a, const double* n, double* J) {
   for (int k = 0; k < 21; ++k) J[k] = m[k];
 }
 
-// Everything of one (edge, side) the flow rows need, in double.
+// Everything of one (edge, side) the flow rows need, in the math precision R = T of the problem
+// (float32 problems vectorise 8 wide on the CPU; sums are in double regardless).
+template <typename R>
 struct LmFlowEdge {
-  double Rrel[9], trel[3], Rt[9];  // relative pose source → target; target camera-to-world R
-  double fs, cxs, cys, ft, cxt, cyt;
-  double scale, thr;
+  const R *Rrel, *trel, *Rt;  // relative pose source → target (9, 3); target camera-to-world R
+  R fs, cxs, cys, ft, cxt, cyt;
+  R scale, thr;
 };
 
 template <typename T>
-MONST3R_HD LmFlowEdge lm_flow_edge(const AlignProblem<T>& pb, int64_t e, int side, double scale) {
-  LmFlowEdge fe;
+MONST3R_HD LmFlowEdge<T> lm_flow_edge(const AlignProblem<T>& pb, int64_t e, int side,
+                                      double scale) {
   const int64_t v = pb.edges[2 * e + side], t = pb.edges[2 * e + 1 - side];
-  const T* Rrel = pb.flow_rot + (2 * e + side) * 9;
-  const T* trel = pb.flow_trans + (2 * e + side) * 3;
-  for (int k = 0; k < 9; ++k) fe.Rrel[k] = Rrel[k], fe.Rt[k] = pb.rot[9 * t + k];
-  for (int k = 0; k < 3; ++k) fe.trel[k] = trel[k];
+  LmFlowEdge<T> fe;
+  fe.Rrel = pb.flow_rot + (2 * e + side) * 9;
+  fe.trel = pb.flow_trans + (2 * e + side) * 3;
+  fe.Rt = pb.rot + 9 * t;
   fe.fs = pb.focal[v], fe.cxs = pb.pp[2 * v], fe.cys = pb.pp[2 * v + 1];
   fe.ft = pb.focal[t], fe.cxt = pb.pp[2 * t], fe.cyt = pb.pp[2 * t + 1];
-  fe.scale = scale;
+  fe.scale = static_cast<T>(scale);
   fe.thr = pb.pixel_thr;
   return fe;
 }
 
 // The two Gauss–Newton rows of the flow residual at pixel (x, y) of depth D of the source view.
+template <typename R>
 struct LmFlowRows {
-  double r[2];                   // d_c = m·(ego_c − meas_c)
-  double w[2];                   // ω_c (0: cut or masked)
-  double J[2][kLmFlowCols];      // ∂d_c / ∂(θ_v, T_v, logf_v, θ_t, T_t, logf_t, ℓ)
+  R r[2];                   // d_c = m·(ego_c − meas_c)
+  R w[2];                   // ω_c (0: cut or masked)
+  R J[2][kLmFlowCols];      // ∂d_c / ∂(θ_v, T_v, logf_v, θ_t, T_t, logf_t, ℓ)
 };
 
-// Returns false (rows and weights zeroed) when neither channel contributes.
-MONST3R_HD bool lm_flow_rows(const LmFlowEdge& fe, double x, double y, double D, double meas_x,
-                             double meas_y, double mask, LmFlowRows* out) {
-  for (int c = 0; c < 2; ++c) {
-    out->r[c] = out->w[c] = 0.0;
-    for (int k = 0; k < kLmFlowCols; ++k) out->J[c][k] = 0.0;
-  }
-  if (mask == 0.0 || fe.scale == 0.0) return false;
-  const double s = 1.0 / (D + 1e-6);
-  double p[3], a[3], q[3], ego[2];
-  const double zinv =
-      ego_flow_pixel(x, y, s, fe.fs, fe.cxs, fe.cys, fe.ft, fe.cxt, fe.cyt, fe.Rrel, fe.trel, p, a,
-                     q, ego);  // monst3r/egoflow.h
-  const double meas[2] = {meas_x, meas_y};
-  bool any = false;
-  for (int c = 0; c < 2; ++c) {
-    const double d = (ego[c] - meas[c]) * mask;
-    const double ad = d < 0 ? -d : d;
-    const double loss = ad < 1.0 ? 0.5 * d * d : ad - 0.5;
-    const bool keep = loss < fe.thr;  // official: entries with a loss ≥ pxl_thre are dropped
-    out->r[c] = d;
-    out->w[c] = keep ? fe.scale * (ad < 1.0 ? 1.0 : 1.0 / ad) : 0.0;
-    any = any || keep;
-  }
-  if (!any) {
-    out->w[0] = out->w[1] = 0.0;
-    return false;
-  }
+// Writes rows into an LmFlowRows (the writer interface of lm_flow_rows_to).
+template <typename R>
+struct LmFlowRowsRef {
+  LmFlowRows<R>* rows;
+  MONST3R_HD void j(int c, int k, R v) const { rows->J[c][k] = v; }
+  MONST3R_HD void r(int c, R v) const { rows->r[c] = v; }
+  MONST3R_HD void w(int c, R v) const { rows->w[c] = v; }
+};
+
+// The flow rows, written through `out` (j(c, k, v), r(c, v), w(c, v); each output exactly once).
+// Branch-free (selects only, so that the CPU's loops over pixels vectorise). A channel with ω = 0
+// (masked or cut) gets zero rows and residual. Returns whether a channel contributes.
+template <typename R, class Out>
+MONST3R_LM_INLINE bool lm_flow_rows_to(const LmFlowEdge<R>& fe, R x, R y, R D, R meas_x, R meas_y,
+                                R mask, Out out) {
+  const R s = R(1) / (D + R(1e-6));
+  R p[3], a[3], q[3], ego[2];
+  const R zinv = ego_flow_pixel(x, y, s, fe.fs, fe.cxs, fe.cys, fe.ft, fe.cxt, fe.cyt, fe.Rrel,
+                                fe.trel, p, a, q, ego);  // monst3r/egoflow.h
   // u = R_rel p and a in the world frame (rotated by R_t), for the rotation rows
-  double u[3], uw[3], aw[3];
+  R u[3], uw[3], aw[3];
+  MONST3R_LM_UNROLL
   for (int k = 0; k < 3; ++k)
     u[k] = fe.Rrel[3 * k] * p[0] + fe.Rrel[3 * k + 1] * p[1] + fe.Rrel[3 * k + 2] * p[2];
+  MONST3R_LM_UNROLL
   for (int k = 0; k < 3; ++k) {
     uw[k] = fe.Rt[3 * k] * u[0] + fe.Rt[3 * k + 1] * u[1] + fe.Rt[3 * k + 2] * u[2];
     aw[k] = fe.Rt[3 * k] * a[0] + fe.Rt[3 * k + 1] * a[1] + fe.Rt[3 * k + 2] * a[2];
   }
-  const double ds = -s * s * D;  // ∂s/∂ℓ
+  const R ds = -s * s * D;  // ∂s/∂ℓ
+  const R meas[2] = {meas_x, meas_y};
+  bool any = false;
+  MONST3R_LM_UNROLL
   for (int c = 0; c < 2; ++c) {
-    // g = ∂d_c/∂a (target camera frame), z = R_t g (world)
-    double g[3] = {0.0, 0.0, 0.0};
-    g[c] = mask * fe.ft * zinv;
-    g[2] = mask * zinv * ((c == 0 ? fe.cxt : fe.cyt) - q[c] * zinv);
-    double z[3];
-    for (int k = 0; k < 3; ++k) z[k] = fe.Rt[3 * k] * g[0] + fe.Rt[3 * k + 1] * g[1] + fe.Rt[3 * k + 2] * g[2];
-    double* J = out->J[c];
-    lm_cross3(uw, z, J);  // θ_v: a changes by −R_tᵀ[R_v p]× δθ
-    lm_cross3(z, aw, J + 7);  // θ_t: a changes by [a]× R_tᵀ δθ
-    double gr0 = 0.0, gr1 = 0.0, gt = 0.0;
-    for (int k = 0; k < 3; ++k) {
-      J[3 + k] = s * z[k];
-      J[10 + k] = -s * z[k];
-      gr0 += g[k] * fe.Rrel[3 * k];
-      gr1 += g[k] * fe.Rrel[3 * k + 1];
-      gt += g[k] * fe.trel[k];
-    }
-    J[6] = -(gr0 * p[0] + gr1 * p[1]);  // ∂p/∂logf_s = (−p_x, −p_y, 0)
-    J[13] = mask * fe.ft * a[c] * zinv;
-    J[14] = ds * gt;
+    const R d = (ego[c] - meas[c]) * mask;
+    const R ad = d < R(0) ? -d : d;
+    const bool quad = ad < R(1);
+    const R loss = quad ? R(0.5) * d * d : ad - R(0.5);
+    const bool on = loss < fe.thr && mask != R(0);  // official: loss ≥ pxl_thre is dropped
+    any = any | on;
+    out.r(c, on ? d : R(0));
+    out.w(c, on ? fe.scale * (quad ? R(1) : R(1) / ad) : R(0));
+    // g = ∂d_c/∂a (target camera frame), z = R_t g (world); rows of dropped entries are 0
+    const R m = on ? mask : R(0);
+    const R g0 = c == 0 ? m * fe.ft * zinv : R(0), g1 = c == 1 ? m * fe.ft * zinv : R(0);
+    const R g2 = m * zinv * ((c == 0 ? fe.cxt : fe.cyt) - q[c] * zinv);
+    R z[3];
+    MONST3R_LM_UNROLL
+    for (int k = 0; k < 3; ++k)
+      z[k] = fe.Rt[3 * k] * g0 + fe.Rt[3 * k + 1] * g1 + fe.Rt[3 * k + 2] * g2;
+    const R gr0 = g0 * fe.Rrel[0] + g1 * fe.Rrel[3] + g2 * fe.Rrel[6];
+    const R gr1 = g0 * fe.Rrel[1] + g1 * fe.Rrel[4] + g2 * fe.Rrel[7];
+    const R gt = g0 * fe.trel[0] + g1 * fe.trel[1] + g2 * fe.trel[2];
+    // θ_v: a changes by −R_tᵀ[R_v p]× δθ  ⇒  row (R_t R_rel p) × z;  θ_t: [a]× R_tᵀ δθ  ⇒  z × R_t a
+    out.j(c, 0, uw[1] * z[2] - uw[2] * z[1]);
+    out.j(c, 1, uw[2] * z[0] - uw[0] * z[2]);
+    out.j(c, 2, uw[0] * z[1] - uw[1] * z[0]);
+    out.j(c, 3, s * z[0]), out.j(c, 4, s * z[1]), out.j(c, 5, s * z[2]);
+    out.j(c, 6, -(gr0 * p[0] + gr1 * p[1]));  // ∂p/∂logf_s = (−p_x, −p_y, 0)
+    out.j(c, 7, z[1] * aw[2] - z[2] * aw[1]);
+    out.j(c, 8, z[2] * aw[0] - z[0] * aw[2]);
+    out.j(c, 9, z[0] * aw[1] - z[1] * aw[0]);
+    out.j(c, 10, -s * z[0]), out.j(c, 11, -s * z[1]), out.j(c, 12, -s * z[2]);
+    out.j(c, 13, m * fe.ft * a[c] * zinv);
+    out.j(c, 14, ds * gt);
   }
-  return true;
+  return any;
+}
+
+// lm_flow_rows_to into an LmFlowRows.
+template <typename R>
+MONST3R_HD bool lm_flow_rows(const LmFlowEdge<R>& fe, R x, R y, R D, R meas_x, R meas_y, R mask,
+                             LmFlowRows<R>* out) {
+  return lm_flow_rows_to(fe, x, y, D, meas_x, meas_y, mask, LmFlowRowsRef<R>{out});
 }
 
 // Per-pixel sums of one flow row pair: H += Σω J_ℓ², g += Σω J_ℓ d, b_f += Σω J_ℓ J_v (7),
 // b_t = Σω J_ℓ J_t (7, overwritten).
-MONST3R_HD void lm_flow_depth_terms(const LmFlowRows& fr, double* H, double* g, double* bf,
+template <typename R>
+MONST3R_HD void lm_flow_depth_terms(const LmFlowRows<R>& fr, double* H, double* g, double* bf,
                                     double* bt) {
   for (int k = 0; k < 7; ++k) bt[k] = 0.0;
   for (int c = 0; c < 2; ++c) {
-    const double wl = fr.w[c] * fr.J[c][14];
+    const double wl = static_cast<double>(fr.w[c]) * fr.J[c][14];
     *H += wl * fr.J[c][14];
     *g += wl * fr.r[c];
     for (int k = 0; k < 7; ++k) {
@@ -244,13 +278,13 @@ MONST3R_HD void lm_flow_depth_terms(const LmFlowRows& fr, double* H, double* g, 
 
 // Direct (depth-free) terms of one flow row pair, indices 0..118 of a kLmFlowAcc accumulator:
 // add(index, value) receives the upper 14×14 of Σω JᵀJ and Σω d J.
-template <class Add>
-MONST3R_HD void lm_flow_direct(const LmFlowRows& fr, Add&& add) {
-  const double* J0 = fr.J[0];
-  const double* J1 = fr.J[1];
+template <typename R, class Add>
+MONST3R_HD void lm_flow_direct(const LmFlowRows<R>& fr, Add&& add) {
+  const R* J0 = fr.J[0];
+  const R* J1 = fr.J[1];
   int idx = 0;
   for (int k = 0; k < 14; ++k) {
-    const double w0 = fr.w[0] * J0[k], w1 = fr.w[1] * J1[k];
+    const double w0 = static_cast<double>(fr.w[0]) * J0[k], w1 = static_cast<double>(fr.w[1]) * J1[k];
     for (int l = k; l < 14; ++l, ++idx) add(idx, w0 * J0[l] + w1 * J1[l]);
     add(105 + k, w0 * fr.r[0] + w1 * fr.r[1]);
   }

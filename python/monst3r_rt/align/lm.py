@@ -16,8 +16,8 @@ Start of the flow term. The official optimiser switches the flow term on after 1
 iterations, once the poses from the initialisation have settled (early flow errors are large
 and would be gated or cut). LM's equivalent: it first converges without the flow term (until an
 iteration lowers the energy by less than ``flow_start_tol``, relative, or cannot lower it, or
-half of ``niter`` is spent), then switches it on and continues until ``ftol``. The flow term's
-per-direction counts, cut and gate are re-evaluated at every accepted state.
+half of ``niter`` is spent), then switches it on and continues until ``flow_ftol``. The flow
+term's per-direction counts, cut and gate are re-evaluated at every accepted state.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from .objective import AlignData, FlowData, cpu_kernel, evaluate
 
 Params = dict[str, np.ndarray]
 _DEBUG = bool(__import__("os").environ.get("LM_DEBUG"))
-_MAX_ALPHA = float(__import__("os").environ.get("LM_MAXALPHA", "2"))
 
 
 def solve_kkt(kkt: sp.csc_matrix, rhs: np.ndarray) -> np.ndarray:
@@ -164,14 +163,11 @@ def _iteration(data, cur, energy, with_flow, terms, lam, opts) -> tuple:
             lam = max(lam / 3.0, 1e-9)
             # IRLS steps undershoot (the majoriser's curvature along r is too high): try an
             # over-relaxed step once
-            alpha = 1.0
-            while overrelax > 1.0 and alpha < _MAX_ALPHA:
-                alpha *= overrelax
-                cand2 = _candidate(sys_, cur, dx, dl, alpha, terms, idx)
+            if overrelax > 1.0:
+                cand2 = _candidate(sys_, cur, dx, dl, overrelax, terms, idx)
                 e2, fw2 = energy(cand2, with_flow)
-                if not (np.isfinite(e2) and e2 < e_new):
-                    break
-                cand, e_new, fw = cand2, e2, fw2
+                if np.isfinite(e2) and e2 < e_new:
+                    cand, e_new, fw = cand2, e2, fw2
             return cand, e_new, fw, lam, True
         lam *= 4.0
         if _DEBUG:
@@ -195,7 +191,8 @@ def solve_lm(
     flow_loss_weight: float = 0.01,
     flow_loss_threshold: float = 25.0,
     pixel_loss_threshold: float = 50.0,
-    flow_start_tol: float = 1e-3,
+    flow_start_tol: float = 1e-2,
+    flow_ftol: float | None = None,
     frozen: np.ndarray | None = None,
     freeze_focal: bool = False,
     pin_scale: bool = True,
@@ -219,6 +216,9 @@ def solve_lm(
             per-entry cut.
         flow_start_tol: the flow term starts once an iteration without it lowers the energy by
             less than this (relative), see the module docstring.
+        flow_ftol: ``ftol`` once the flow term is on (default ``ftol/100``: its pull on the
+            poses, mediated by the alignment's IRLS curvature, converges linearly; with ``ftol``
+            or ``ftol/10`` LM stopped above Adam's 300-iteration energy, see notes_lm.md).
         frozen: (N,) bool frames whose depth and pose stay exactly as given (windows).
         freeze_focal: keep the focal(s) exactly as given.
         pin_scale: official scale gauge; False when frozen frames fix the gauge.
@@ -227,9 +227,9 @@ def solve_lm(
     Returns:
         Final parameters (official parameterisation, dtype of ``data``) and the energies
         ``[E_0, E_1, ..., E_k]`` from :func:`objective.evaluate` (initial, then after each
-        iteration; non-increasing, except that when the flow term starts the same state's
-        energy with the flow term is inserted). Stops early when no damping improves the
-        energy, or on ``ftol``.
+        iteration; non-increasing, except that when the flow term starts (and is not gated)
+        the same state's energy with the flow term is inserted). Stops early when no damping
+        improves the energy, or on ``ftol`` (``flow_ftol``).
     """
     dtype = data.pts_i.dtype
     use_flow = flow is not None and flow_loss_weight > 0
@@ -262,13 +262,15 @@ def solve_lm(
             fw = fw_new
             if callback is not None:
                 callback(it, e_new)
-        tol = flow_start_tol if (use_flow and not with_flow) else ftol
+        tol = ftol if not use_flow else (flow_ftol if flow_ftol is not None else ftol / 100)
+        tol = flow_start_tol if (use_flow and not with_flow) else tol
         small = not improved or history[-2] - e_new < tol * abs(history[-2])
         if use_flow and not with_flow and (small or it + 1 >= niter // 2):
             with_flow = True  # the flow term starts (see the module docstring)
             e_new, fw = energy(cur, True)
-            history.append(e_new)
-        elif small and (not improved or ftol > 0):
+            if e_new != history[-1]:  # the same state with the flow term (unless gated)
+                history.append(e_new)
+        elif small and (not improved or tol > 0):
             break
         e_cur = e_new
     return _finish(cur, kernels), history
