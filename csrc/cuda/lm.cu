@@ -58,14 +58,14 @@ struct PixelSums {
 template <typename T>
 __device__ bool flow_rows_at(const AlignProblem<T>& pb, const LmOptions& opt, int64_t e, int side,
                              int64_t v, int64_t p, bool active, const PixelSums& px,
-                             LmFlowRows* fr) {
-  *fr = LmFlowRows{};
+                             LmFlowRows<T>* fr) {
+  *fr = LmFlowRows<T>{};
   if (!active) return false;
   const int64_t hw = pb.height * pb.width;
-  const LmFlowEdge fe = lm_flow_edge(pb, e, side, opt.flow_scale[side]);
+  const LmFlowEdge<T> fe = lm_flow_edge(pb, e, side, opt.flow_scale[side]);
   const T* meas = pb.flow[side] + e * 2 * hw;
-  return lm_flow_rows(fe, px.x, px.y, px.D, meas[p], meas[hw + p], pb.static_mask[v * hw + p],
-                      fr);
+  return lm_flow_rows(fe, static_cast<T>(px.x), static_cast<T>(px.y), static_cast<T>(px.D),
+                      meas[p], meas[hw + p], pb.static_mask[v * hw + p], fr);
 }
 
 // Pass 1 of a pixel: H, g, ΣW, ΣW r, the flow's part of b_f; adds w‖r‖ to *energy.
@@ -92,7 +92,7 @@ __device__ PixelSums pixel_sums(const AlignProblem<T>& pb, const LmOptions& opt,
       for (int k = 0; k < 3; ++k) px.wr[k] += W * r[k];
     }
     if (!flow) continue;
-    LmFlowRows fr;
+    LmFlowRows<T> fr;
     if (flow_rows_at(pb, opt, e, side, v, p, true, px, &fr)) {
       double bt[7];
       lm_flow_depth_terms(fr, &px.H, &px.g, px.bf, bt);
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
     lm_edge_terms(px.a, b, r, static_cast<double>(static_cast<T>(W)), px.g, inv, M, add);
     flush(rows, kLmEdgeAcc, out.edge_acc + (2 * e + side) * kLmEdgeAcc);
     if (!flow) continue;
-    LmFlowRows fr;
+    LmFlowRows<T> fr;
     double bt[7] = {0, 0, 0, 0, 0, 0, 0}, h2 = 0.0, g2 = 0.0, bf2[7] = {0, 0, 0, 0, 0, 0, 0};
     if (flow_rows_at(pb, opt, e, side, v, p, active, px, &fr))
       lm_flow_depth_terms(fr, &h2, &g2, bf2, bt);
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
       pe += W * s;
     }
     if (!flow) continue;
-    LmFlowRows fr;
+    LmFlowRows<T> fr;
     if (!flow_rows_at(pb, opt, e, side, v, p, true, px, &fr)) continue;
     const double* dft = bs.dframe + 7 * pb.edges[2 * e + 1 - side];
     for (int c = 0; c < 2; ++c) {
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kThreads)
     dst[2 * np] = static_cast<float>(wi * px.a[2]);
     dst[3 * np] = static_cast<float>(wi * a2);
     if (!flow) continue;
-    LmFlowRows fr;
+    LmFlowRows<T> fr;
     if (!flow_rows_at(pb, opt, e, side, v, p, true, px, &fr)) continue;
     double h2 = 0.0, g2 = 0.0, bf2[7] = {0, 0, 0, 0, 0, 0, 0}, bt[7];
     lm_flow_depth_terms(fr, &h2, &g2, bf2, bt);
