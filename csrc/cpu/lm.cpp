@@ -154,14 +154,29 @@ void flow_depth_chunk(const T* rows, int64_t len, double* H, double* g, double* 
 }
 
 // The flow's direct terms over a chunk (the sums of lm_flow_direct) into a kLmFlowAcc accumulator.
+// The rows' T_t columns (10..12) are exactly −T_v (3..5): the sums run over the 11 distinct
+// columns and are expanded with signs.
 template <typename T>
 void flow_direct_chunk(const T* rows, const double* wj, int64_t len, double* acc) {
+  constexpr int kCols = 11;
+  constexpr int distinct[kCols] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13};
+  double gram[kCols][kCols], grad[kCols];
+  for (int a = 0; a < kCols; ++a) {
+    const int k = distinct[a];
+    const double *a0 = wj + k * kChunk, *a1 = wj + (14 + k) * kChunk;
+    for (int b = a; b < kCols; ++b) {
+      const int l = distinct[b];
+      gram[a][b] = gram[b][a] = dot2(a0, soa_j(rows, 0, l), a1, soa_j(rows, 1, l), len);
+    }
+    grad[a] = dot2(a0, soa_r(rows, 0), a1, soa_r(rows, 1), len);
+  }
+  // column k of the 14 → (distinct column, sign)
+  auto col = [](int k) { return k < 10 ? k : (k < 13 ? k - 7 : 10); };
+  auto sign = [](int k) { return (k >= 10 && k < 13) ? -1.0 : 1.0; };
   int idx = 0;
   for (int k = 0; k < 14; ++k) {
-    const double *a0 = wj + k * kChunk, *a1 = wj + (14 + k) * kChunk;
-    for (int l = k; l < 14; ++l, ++idx)
-      acc[idx] += dot2(a0, soa_j(rows, 0, l), a1, soa_j(rows, 1, l), len);
-    acc[105 + k] += dot2(a0, soa_r(rows, 0), a1, soa_r(rows, 1), len);
+    for (int l = k; l < 14; ++l, ++idx) acc[idx] += sign(k) * sign(l) * gram[col(k)][col(l)];
+    acc[105 + k] += sign(k) * grad[col(k)];
   }
 }
 
