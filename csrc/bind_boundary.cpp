@@ -18,8 +18,9 @@ monst3r::DType parse_dtype(const std::string& s) {
   if (s == "float32") return monst3r::DType::f32;
   if (s == "float64") return monst3r::DType::f64;
   if (s == "int64") return monst3r::DType::i64;
+  if (s == "uint8") return monst3r::DType::u8;
   if (s == "real") return monst3r::DType::real;
-  throw py::value_error("dtype must be 'float32', 'float64', 'int64' or 'real', got '" + s + "'");
+  throw py::value_error("dtype must be 'float32', 'float64', 'int64', 'uint8' or 'real', got '" + s + "'");
 }
 
 py::dict check_cuda_arrays(const py::list& specs) {
@@ -53,7 +54,7 @@ py::dict check_cuda_arrays(const py::list& specs) {
 void register_boundary(py::module_& m) {
   m.def("check_cuda_arrays", &check_cuda_arrays, py::arg("specs"),
         "Run the CUDA boundary's checks without launching anything. specs: a list of (name, "
-        "array, dtype, shape[, optional]) with dtype 'float32' | 'float64' | 'int64' | 'real' "
+        "array, dtype, shape[, optional]) with dtype 'float32' | 'float64' | 'int64' | 'uint8' | 'real' "
         "(float32 or float64, one for all 'real' arrays) and shape a sequence of ints and "
         "symbols ('N': bound by the first array that has it). Arrays are DLPack objects (torch, "
         "CuPy, NumPy); each must be C-contiguous on the same CUDA device. Raises ValueError "

@@ -3,6 +3,8 @@ reference, convergence against Adam, exact-data recovery."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from align_problems import random_problem
@@ -13,17 +15,17 @@ pytest.importorskip("scipy", reason="solver='lm' needs scipy (extra 'solvers')")
 from monst3r_rt import _core
 from monst3r_rt.align import driver
 from monst3r_rt.align import params as P
-from monst3r_rt.align.config import SOLVERS, AlignConfig
+from monst3r_rt.align.config import AlignConfig
 from monst3r_rt.align.init import init_mst
-from monst3r_rt.align.lm import expmap, reduced_system, solve_lm, variable_index
+from monst3r_rt.align.lm import LmTerms, expmap, reduced_system, solve_lm, variable_index
 from monst3r_rt.align.objective import evaluate
 from monst3r_rt.align.solvers import adam
 from monst3r_rt.synthetic import make_scene
 
 
-def _residuals(data, geo, n, dx, dlog):
+def _residuals(data, geo, n, dx, dlog, shared=True):
     """All residuals (E,2,HW,3) at local perturbation ``dx`` (global vector) and ``dlog``."""
-    fidx, eidx, _ = variable_index(n, len(data.edges), True)
+    fidx, eidx, _ = variable_index(n, len(data.edges), shared)
     h, w = data.shape
     df, de = dx[fidx], dx[eidx]
     rot = expmap(df[:, :3]) @ geo.rot
@@ -257,8 +259,377 @@ def test_global_align_lm_stops_on_ftol_below_adam():
     assert len(hist) - 1 < 30  # stopped early
     assert hist[-2] - hist[-1] < 1e-3 * hist[-2]  # ... because of the tolerance
     assert hist[-1] <= adam_res.energy[-1] * (1 + 1e-3)
-    if not SOLVERS["lm"].flow:  # refused before any work while the table says so
-        with pytest.raises(ValueError, match="solver='lm' does not support the flow term yet"):
-            driver.global_align(
-                *args, flows=(sc.flow_ij, sc.flow_ji), config=AlignConfig(solver="lm")
-            )
+
+
+# ---- the flow term ------------------------------------------------------------------------------
+def _flow_residuals(data, flow, geo, dx, dlog, shared):
+    """Masked flow residuals m·(ego − meas) (E,2,2,HW) at a local perturbation: the official
+    formula (spec §4.5) written directly in NumPy, direction 0 = i→j (pixels of i)."""
+    n, e_count = data.n_frames, len(data.edges)
+    h, w = data.shape
+    fidx, _, _ = variable_index(n, e_count, shared)
+    df = dx[fidx]
+    rot = expmap(df[:, :3]) @ geo.rot
+    trans = geo.trans + df[:, 3:6]
+    focal = geo.focal * np.exp(df[:, 6])
+    depth = np.exp(geo.depth_log.reshape(n, -1) + dlog.reshape(n, -1))
+    ys, xs = np.divmod(np.arange(h * w), w)
+    out = np.zeros((e_count, 2, 2, h * w))
+    for e, (i, j) in enumerate(data.edges):
+        for side, (s, t) in enumerate(((i, j), (j, i))):
+            r_rel, t_rel = rot[t].T @ rot[s], rot[t].T @ (trans[s] - trans[t])
+            ray = np.stack([(xs - data.pp[s, 0]) / focal[s], (ys - data.pp[s, 1]) / focal[s],
+                            np.ones(h * w)])  # fmt: skip
+            a = r_rel @ ray + t_rel[:, None] / (depth[s] + 1e-6)
+            z = a[2] + 1e-6
+            ego = np.stack([(focal[t] * a[0] + data.pp[t, 0] * a[2]) / z - xs,
+                            (focal[t] * a[1] + data.pp[t, 1] * a[2]) / z - ys])  # fmt: skip
+            meas = (flow.flow_ij if side == 0 else flow.flow_ji)[e].reshape(2, -1)
+            out[e, side] = (ego - meas) * flow.static[s].ravel()
+    return out
+
+
+def _flow_problem(seed: int, zero_residual: bool = False):
+    """Random float64 problem with flows (per-frame focals, so that each frame's focal is its own
+    variable), cut entries (|d| ≥ 50.5) and masked pixels."""
+    data, params, flow = random_problem(n=4, h=3, w=4, seed=seed, dtype=np.float64, flow=True)
+    params["focal"] = params["focal"] + np.array([0.0, 0.3, -0.2, 0.1])  # (N,): 20·log f
+    geo = P.geometry(params, data.n_frames)
+    n, e_count = data.n_frames, len(data.edges)
+    _, _, nvar = variable_index(n, e_count, False)
+    if zero_residual:  # move the predictions onto the frame points: alignment residual 0
+        r0 = _residuals(data, geo, n, np.zeros(nvar), np.zeros(n * 12), shared=False)
+        corr = np.einsum("eji,espj->espi", geo.edge_rot, r0) / geo.edge_scale[:, None, None, None]
+        data.pts_i = np.ascontiguousarray(data.pts_i + corr[:, 0].reshape(data.pts_i.shape))
+        data.pts_j = np.ascontiguousarray(data.pts_j + corr[:, 1].reshape(data.pts_j.shape))
+    # measured flow = ego-flow + noise, a few far outliers (cut) and some entries in the
+    # quadratic and linear parts of the smooth-L1
+    ego = _flow_residuals(data, replace(flow, flow_ij=flow.flow_ij * 0, flow_ji=flow.flow_ji * 0,
+                                         static=np.ones_like(flow.static)),
+                          geo, np.zeros(nvar), np.zeros(n * 12), False)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    meas = ego.reshape(e_count, 2, 2, 3, 4) + rng.normal(0, 1.5, ego.shape).reshape(-1, 2, 2, 3, 4)
+    meas[0, 0, 0, 1, 1] += 300.0
+    meas[2, 1, 1, 0, 3] -= 200.0
+    flow = replace(flow, flow_ij=np.ascontiguousarray(meas[:, 0]),
+                   flow_ji=np.ascontiguousarray(meas[:, 1]))  # fmt: skip
+    return data, params, flow
+
+
+def _flow_weights(data, flow, geo, nvar, wf, thr=50.0):
+    """Per-entry Huber IRLS weights (E,2,2,HW) including w_flow/count and the cut."""
+    d = _flow_residuals(data, flow, geo, np.zeros(nvar), np.zeros(data.n_frames * 12), False)
+    ad = np.abs(d)
+    loss = np.where(ad < 1, 0.5 * d * d, ad - 0.5)
+    mask = np.stack([flow.static[data.edges[:, 0]], flow.static[data.edges[:, 1]]], 1)
+    mask = np.broadcast_to(mask.reshape(len(data.edges), 2, 1, -1), d.shape)
+    keep = (loss < thr) & (mask > 0)
+    counts = keep.sum(axis=(0, 2, 3)).astype(float)  # per direction
+    huber = np.where(ad < 1, 1.0, 1.0 / np.maximum(ad, 1e-300))
+    assert (~keep & (mask > 0)).sum() == 2  # the two outliers are cut
+    return keep * huber * (wf / counts)[None, :, None, None], tuple(wf / counts)
+
+
+def _dense_flow_reference(data, params, flow, wf):
+    """Full IRLS Gauss–Newton system by central differences (alignment + flow), its Schur
+    complement, and the part of it formed from features (couplings through a shared depth of two
+    different edges, a flow target and an edge, two flow targets), exact."""
+    n, e_count, hw = data.n_frames, len(data.edges), 12
+    geo = P.geometry(params, n)
+    fidx, eidx, nvar = variable_index(n, e_count, False)
+    nd = n * hw
+    step = 1e-6
+
+    def all_res(z):
+        ra = _residuals(data, geo, n, z[:nvar], z[nvar:], shared=False)
+        return ra, _flow_residuals(data, flow, geo, z[:nvar], z[nvar:], False)
+
+    ja, jf = [], []
+    for k in range(nvar + nd):
+        z = np.zeros(nvar + nd)
+        z[k] = step
+        (ap, fp), (am, fm) = all_res(z), all_res(-z)
+        ja.append(((ap - am) / (2 * step)).reshape(e_count, 2, hw * 3))
+        jf.append(((fp - fm) / (2 * step)).reshape(e_count, 2, 2 * hw))
+    ja, jf = np.stack(ja, -1), np.stack(jf, -1)  # (E,2,rows,vars)
+    ra, rf = all_res(np.zeros(nvar + nd))
+    eps = 1e-4 * float(np.median(np.exp(params["log_depth"][:, ::4, ::4])))
+    norm = 1.0 / (e_count * hw)
+    wts = np.stack([data.w_i, data.w_j], 1).reshape(e_count, 2, hw)
+    wa = np.repeat(norm * wts / np.maximum(np.linalg.norm(ra, axis=-1), eps), 3, axis=-1)
+    wfl, weights = _flow_weights(data, flow, geo, nvar, wf)
+    wfl = wfl.reshape(e_count, 2, 2 * hw)
+    hfull = np.einsum("esrx,esr,esry->xy", ja, wa, ja) + np.einsum("esrx,esr,esry->xy", jf, wfl, jf)
+    gfull = np.einsum("esrx,esr,esr->x", ja, wa, ra.reshape(e_count, 2, -1)) + np.einsum(
+        "esrx,esr,esr->x", jf, wfl, rf.reshape(e_count, 2, -1)
+    )
+    hxx, hxd, hdd = hfull[:nvar, :nvar], hfull[:nvar, nvar:], np.diag(hfull[nvar:, nvar:])
+    assert np.allclose(hfull[nvar:, nvar:], np.diag(hdd), atol=1e-9 * hdd.max())
+    s_ref = hxx - (hxd / hdd) @ hxd.T
+    g_ref = gfull[:nvar] - hxd @ (gfull[nvar:] / hdd)
+    # the feature-formed couplings: per depth column, coupling vectors by residual group
+    gram = np.zeros((nvar, nvar))
+    for v in range(n):
+        for p in range(hw):
+            col = nvar + v * hw + p
+            b_edges, b_t = [], np.zeros(nvar)
+            for e, ij in enumerate(data.edges):
+                for side in (0, 1):
+                    if ij[side] != v:
+                        continue
+                    be = np.einsum(
+                        "rx,r,r->x", ja[e, side, :, :nvar], wa[e, side], ja[e, side, :, col]
+                    )
+                    mask_e = np.zeros(nvar, bool)
+                    mask_e[eidx[e]] = True
+                    b_edges.append(np.where(mask_e, be, 0))
+                    bt = np.einsum(
+                        "rx,r,r->x", jf[e, side, :, :nvar], wfl[e, side], jf[e, side, :, col]
+                    )
+                    mask_t = np.zeros(nvar, bool)
+                    mask_t[fidx[ij[1 - side]]] = True
+                    b_t += np.where(mask_t, bt, 0)
+            b_e = np.sum(b_edges, 0)
+            outer = np.outer(b_e, b_e) - sum(np.outer(b, b) for b in b_edges)
+            outer += np.outer(b_t, b_e) + np.outer(b_e, b_t) + np.outer(b_t, b_t)
+            gram -= outer / hdd[v * hw + p]
+    return s_ref, g_ref, gram, (gfull, hxd, hdd), weights, eps
+
+
+def test_flow_reduced_system_matches_finite_differences():
+    """Alignment + flow (cut entries, masked pixels, both smooth-L1 branches): every block the
+    kernel forms exactly, the reduced gradient and the back-substitution match a dense
+    finite-difference Schur reference; the feature-formed couplings are the only difference."""
+    data, params, flow = _flow_problem(seed=5)
+    wf = 0.5  # a strong flow term, so that its blocks matter at the tolerances below
+    s_ref, g_ref, gram, (gfull, hxd, hdd), weights, eps = _dense_flow_reference(
+        data, params, flow, wf
+    )
+    terms = LmTerms(flow=flow, flow_weights=weights)
+    red = reduced_system(data, params, ws=0.0, cross=False, terms=terms)
+    scale = np.abs(s_ref).max()
+    np.testing.assert_allclose(red.matrix.toarray(), s_ref - gram, atol=1e-6 * scale)
+    np.testing.assert_allclose(red.grad, g_ref, atol=1e-6 * np.abs(g_ref).max())
+    # the flow's share is substantial (the test could fail), and gated off it vanishes
+    red0 = reduced_system(data, params, ws=0.0, cross=False)
+    assert np.abs(red0.matrix.toarray() - red.matrix.toarray()).max() > 0.05 * scale
+    off = reduced_system(
+        data, params, ws=0.0, cross=False, terms=replace(terms, flow_weights=(0, 0))
+    )
+    np.testing.assert_array_equal(off.matrix.toarray(), red0.matrix.toarray())
+    # back-substitution with the flow couplings
+    n, e_count = data.n_frames, len(data.edges)
+    fidx, eidx, nvar = variable_index(n, e_count, False)
+    dx = np.random.default_rng(1).normal(0, 1e-2, nvar)
+    dl = red.kernels.backsub(red.kernel_state, red.eps, np.ascontiguousarray(dx[fidx]),
+                             np.ascontiguousarray(dx[eidx]))  # fmt: skip
+    dl_ref = -(gfull[nvar:] + hxd.T @ dx) / hdd
+    np.testing.assert_allclose(dl.ravel(), dl_ref, rtol=1e-5, atol=1e-8 * np.abs(dl_ref).max())
+
+
+def test_flow_couplings_exact_at_zero_alignment_residual():
+    """With the predictions on the frame points, the feature-formed couplings are exact too: the
+    whole reduced system (alignment + flow) equals the dense reference."""
+    data, params, flow = _flow_problem(seed=6, zero_residual=True)
+    s_ref, g_ref, gram, _, weights, _ = _dense_flow_reference(data, params, flow, 0.5)
+    red = reduced_system(data, params, ws=0.0, terms=LmTerms(flow=flow, flow_weights=weights))
+    scale = np.abs(s_ref).max()
+    assert np.abs(gram).max() > 1e-3 * scale  # the couplings are there
+    np.testing.assert_allclose(red.matrix.toarray(), s_ref, atol=1e-5 * scale)
+    np.testing.assert_allclose(red.grad, g_ref, atol=1e-6 * np.abs(g_ref).max())
+
+
+# ---- windows ------------------------------------------------------------------------------------
+def test_lm_frozen_frames_and_focal_do_not_move():
+    """``_optimize`` as the windows call it: frozen frames keep their depth and pose bit for bit,
+    the focal too; the other frames move and the (unpinned-gauge) energy decreases."""
+    sc, data, p0 = _problem(noise=True, n_objects=1, n_frames=8, size=(24, 32))
+    flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges), 8,
+                               24, 32)  # fmt: skip
+    frozen = np.zeros(8, bool)
+    frozen[:3] = True
+    # the windows' unpinned gauge: σ_e = exp(s_e) (driver._similarity writes absolute log-scales)
+    p0["pw_poses"][:, 7] = np.log(P.pairwise_scale(p0["pw_poses"][:, 7]))
+    cfg = AlignConfig(solver="lm", lm_iters=6)
+    p, hist = driver._optimize(data, flow, cfg, "cpu", p0, frozen=frozen, freeze_focal=True,
+                               pin_scale=False)  # fmt: skip
+    for key in ("log_depth", "im_poses"):
+        np.testing.assert_array_equal(p[key][frozen], p0[key][frozen])
+        assert np.abs(p[key][~frozen] - p0[key][~frozen]).max() > 1e-4
+    np.testing.assert_array_equal(p["focal"], p0["focal"])
+    assert hist[-1] < hist[0]
+    e_end = evaluate(data, p, flow=flow, pin_scale=False)[0]
+    assert e_end == pytest.approx(hist[-1], rel=1e-6)
+
+
+def _perturbed_init(monkeypatch, seed: int = 0):
+    """Perturb every MST initialisation (exact on exact data) so that the optimiser has work."""
+    rng = np.random.default_rng(seed)
+    original = driver._init
+
+    def init(*args, **kw):
+        p = original(*args, **kw)
+        p["log_depth"] += rng.normal(0, 0.02, p["log_depth"].shape).astype(np.float32)
+        p["im_poses"][:, 4:7] += rng.normal(0, 0.01, p["im_poses"][:, 4:7].shape).astype(np.float32)
+        p["pw_poses"][:, :7] += rng.normal(0, 0.01, p["pw_poses"][:, :7].shape).astype(np.float32)
+        return p
+
+    monkeypatch.setattr(driver, "_init", init)
+
+
+def test_windowed_lm_matches_full_lm_on_exact_data(monkeypatch):
+    """Exact predictions (no smoothness prior): the windowed problem has the full problem's
+    solution, so windowed LM (frozen overlaps, frozen focal, free gauge) must land on full LM."""
+    from test_align import ate, depth_error
+
+    sc = make_scene(n_frames=12, size=(24, 32), n_objects=0, seed=1)
+    _perturbed_init(monkeypatch)
+    args = (sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j)
+    cfg = dict(solver="lm", temporal_smoothing_weight=0.0, lm_ftol=1e-7)
+    full = driver.global_align(*args, config=AlignConfig(**cfg))
+    win = driver.global_align(*args, config=AlignConfig(window=(6, 3), **cfg))
+    assert win.diagnostics["windows"] == [[0, 6], [3, 9], [6, 12]]
+    init = driver.global_align(*args, config=AlignConfig(niter=0))  # the perturbed start
+    assert ate(init.poses, sc.poses) > 1e-2  # there was work to do
+    assert ate(full.poses, sc.poses) < 1e-3
+    assert ate(win.poses, full.poses) < 1e-3
+    assert depth_error(win.depths, full.depths) < 1e-3
+    np.testing.assert_allclose(win.focals, full.focals, rtol=1e-3)
+
+
+# ---- CUDA twins ---------------------------------------------------------------------------------
+def test_incident_csr_follows_the_cpu_kernels_order():
+    pytest.importorskip("torch")
+    from monst3r_rt.align.lm_cuda import incident_csr
+
+    edges = np.array([[0, 1], [1, 0], [2, 0], [1, 2], [0, 2]])
+    offsets, entries = incident_csr(edges, 3)
+    per_frame = [entries[offsets[v] : offsets[v + 1]].tolist() for v in range(3)]
+    # 2·edge + side, edges increasing: frame 0 is side 0 of edges 0, 4 and side 1 of 1, 2
+    assert per_frame == [[0, 3, 5, 8], [1, 2, 6], [4, 7, 9]]
+
+
+def _cuda_or_skip():
+    from conftest import cuda_arrays_available
+
+    ok, why = cuda_arrays_available()
+    if not ok:
+        pytest.skip(why)
+    return pytest.importorskip("torch")
+
+
+def test_lm_cuda_kernels_match_cpu():
+    """At a realistic size (48 frames' edges at 144×256, float32, flows, two frozen frames): the
+    CUDA accumulators, coupling features and depth step equal the CPU kernels' (both sum in
+    double; the tolerance covers the summation order and float32 inputs)."""
+    torch = _cuda_or_skip()
+    from monst3r_rt.align.lm_cuda import CudaKernels
+    from monst3r_rt.align.lm_system import CpuKernels
+
+    sc, data, p0 = _problem(noise=True, n_objects=2, n_frames=48, size=(144, 256))
+    flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges), 48,
+                               144, 256)  # fmt: skip
+    frozen = np.zeros(48, bool)
+    frozen[[0, 7]] = True
+    terms = LmTerms(flow=flow, flow_weights=(1e-8, 2e-8), frozen=frozen)
+    geo = P.geometry(p0, 48)
+    norm = 1.0 / (len(data.edges) * 144 * 256)
+    cpu, gpu = CpuKernels(data, flow), CudaKernels(data, flow)
+    cur_gpu = dict(p0, log_depth=torch.from_numpy(p0["log_depth"]).cuda())
+    st_c, st_g = cpu.state(p0, geo, terms, norm), gpu.state(cur_gpu, geo, terms, norm)
+    eps = 1e-4 * cpu.depth_scale(p0["log_depth"])
+    out_c, out_g = cpu.accumulate(st_c, eps), gpu.accumulate(st_g, eps)
+    assert out_g[0] == pytest.approx(out_c[0], rel=1e-9)
+    for a, b in zip(out_c[1:], out_g[1:], strict=True):
+        assert a.shape == b.shape and np.abs(a).max() > 0
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+    for v in (3, 7):  # a free frame and a frozen one (zero features)
+        xc = cpu.features(st_c, eps, v, 1000, 9000)
+        xg = gpu.features(st_g, eps, v, 1000, 9000).cpu().numpy()
+        np.testing.assert_allclose(xg, xc, rtol=1e-4, atol=1e-6 * max(np.abs(xc).max(), 1e-30))
+    rng = np.random.default_rng(0)
+    dframe = rng.normal(0, 1e-3, (48, 7))
+    dedge = rng.normal(0, 1e-3, (len(data.edges), 7))
+    dl_c = cpu.backsub(st_c, eps, dframe, dedge)
+    dl_g = gpu.backsub(st_g, eps, dframe, dedge).cpu().numpy()
+    np.testing.assert_allclose(dl_g, dl_c, rtol=1e-4, atol=1e-5 * np.abs(dl_c).max())
+    assert np.all(dl_g[frozen] == 0)
+
+
+def test_global_align_lm_cuda_matches_cpu():
+    """End to end with flows: ``device="cuda"`` follows the CPU run's energies."""
+    _cuda_or_skip()
+    sc = make_scene(n_frames=10, size=(32, 48), n_objects=1, depth_noise=0.03, pose_noise=0.02,
+                    seed=21)  # fmt: skip
+    kw = dict(flows=(sc.flow_ij, sc.flow_ji), dynamic_masks=sc.dynamic_masks,
+              config=AlignConfig(solver="lm", lm_iters=8))  # fmt: skip
+    args = (sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j)
+    cpu = driver.global_align(*args, **kw)
+    gpu = driver.global_align(*args, device="cuda", **kw)
+    np.testing.assert_allclose(gpu.energy, cpu.energy, rtol=1e-4)
+    np.testing.assert_allclose(gpu.poses, cpu.poses, atol=1e-3)
+
+
+# ---- LM with the flow term: energy and poses ----------------------------------------------------
+def _flow_inputs(sc, n_frames, size):
+    data = driver.prepare(sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, n_frames)
+    flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges),
+                               n_frames, *size)  # fmt: skip
+    p0 = driver._init(data, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, AlignConfig())
+    return data, flow, p0
+
+
+def test_lm_with_flow_reaches_adam_energy():
+    """Official objective with the flow term (start, cut, gate): LM's final energy is at or below
+    Adam's after its 300 official iterations, from the same initialisation."""
+    sc = make_scene(n_frames=10, size=(32, 48), n_objects=1, depth_noise=0.05, pose_noise=0.02,
+                    seed=3)  # fmt: skip
+    data, flow, p0 = _flow_inputs(sc, 10, (32, 48))
+    p_adam, _ = driver._optimize(data, flow, AlignConfig(), "cpu", p0)
+    p_lm, h_lm = driver._optimize(data, flow, AlignConfig(solver="lm"), "cpu", p0)
+    e_adam, _, t_adam = evaluate(data, p_adam, flow=flow)
+    e_lm, _, t_lm = evaluate(data, p_lm, flow=flow)
+    assert t_lm["flow"] > 0 and t_adam["flow"] > 0  # the term is on (not gated) at both ends
+    assert e_lm <= e_adam, (e_lm, e_adam)
+    assert h_lm[-1] == pytest.approx(e_lm, rel=1e-6)  # the history is the official energy
+    assert len(h_lm) <= 32
+
+
+def test_lm_gated_flow_term_changes_nothing():
+    """Measured flows far from any ego-flow: the term exceeds the gate (25) and is off, so LM
+    with flows follows LM without them."""
+    sc = make_scene(n_frames=8, size=(24, 32), n_objects=1, depth_noise=0.05, pose_noise=0.02,
+                    seed=4)  # fmt: skip
+    data, flow, p0 = _flow_inputs(sc, 8, (24, 32))
+    far = replace(flow, flow_ij=flow.flow_ij + 40, flow_ji=flow.flow_ji - 40)
+    assert evaluate(data, p0, flow=far)[2]["flow"] == 0  # gated
+    cfg = AlignConfig(solver="lm", lm_iters=6, lm_ftol=0.0)
+    p_far, h_far = driver._optimize(data, far, cfg, "cpu", p0)
+    p_none, h_none = driver._optimize(data, None, cfg, "cpu", p0)
+    assert len(h_none) == 7
+    np.testing.assert_array_equal(h_far, h_none)
+    for k in p_none:
+        np.testing.assert_array_equal(p_far[k], p_none[k])
+
+
+def test_lm_flow_term_improves_poses_when_predictions_are_wrong_on_the_moving_object():
+    """tests/test_motion.py's Adam test with LM: half of the pairs put the moving object
+    somewhere else; the flow term (static pixels only) pulls the poses back."""
+    from test_align import _run, ate
+
+    sc = make_scene(n_frames=12, size=(48, 64), n_objects=1, object_motion=0.1,
+                    depth_noise=0.02, pose_noise=0.01, seed=2)  # fmt: skip
+    cfg = AlignConfig(solver="lm")
+    flows = (sc.flow_ij, sc.flow_ji)
+    clean = ate(_run(sc, config=cfg).poses, sc.poses)
+    clean_flow = ate(_run(sc, config=cfg, flows=flows, dynamic_masks=sc.dynamic_masks).poses,
+                     sc.poses)  # fmt: skip
+    assert clean_flow <= clean * 1.02
+    bad = np.random.default_rng(2).random(len(sc.edges)) < 0.5
+    for e in np.nonzero(bad)[0]:
+        obj = sc.dynamic_masks[sc.edges[e, 1]]
+        sc.pts_j[e][obj] += np.array([0.5, 0.3, -0.8], np.float32) * sc.pairwise_scales[e]
+    wrong = ate(_run(sc, config=cfg).poses, sc.poses)
+    wrong_flow = ate(_run(sc, config=cfg, flows=flows, dynamic_masks=sc.dynamic_masks).poses,
+                     sc.poses)  # fmt: skip
+    assert wrong_flow < 0.8 * wrong, (wrong, wrong_flow)

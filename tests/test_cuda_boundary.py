@@ -319,6 +319,38 @@ def test_adam_and_world_points_cuda_check_their_arrays():
            **world_args(intrinsics=cuda(2, 4, 4)))  # fmt: skip
 
 
+def lm_args(n=5, e=6, h=4, w=3, flow=False, **override):
+    base = align_args(n=n, e=e, h=h, w=w, flow=flow)
+    for k in ("energy", "grad_log_depth", "grad_frame", "grad_edge", "flow_stats",
+              "grad_log_depth_flow", "grad_flow"):  # fmt: skip
+        base.pop(k, None)
+    base["static_mask"] = base.get("static_mask")
+    base.update(
+        csr_offsets=cuda(n + 1, dtype="int64"), csr_entries=cuda(2 * e, dtype="int64"),
+        energy=cuda(1, dtype="float64"),
+        frame_acc=cuda(n, _core.LM_FRAME_ACC, dtype="float64"),
+        edge_acc=cuda(e, 2, _core.LM_EDGE_ACC, dtype="float64"),
+    )  # fmt: skip
+    if flow:
+        base["flow_acc"] = cuda(e, 2, _core.LM_FLOW_ACC, dtype="float64")
+    base.update(override)
+    return {"arrays": {k: v for k, v in base.items() if v is not None}, "eps": 1e-3}
+
+
+def test_lm_cuda_checks_its_arrays():
+    raises(ValueError, "edge_acc: expected float64 on cuda:0 with shape (6,2,129), got float64 "
+           "on cuda:0 with shape (6,2,128)", _core.lm_accumulate_cuda,
+           **lm_args(edge_acc=cuda(6, 2, 128, dtype="float64")))  # fmt: skip
+    raises(ValueError, "csr_offsets must have N+1 and csr_entries 2E entries",
+           _core.lm_accumulate_cuda, **lm_args(csr_offsets=cuda(5, dtype="int64")))  # fmt: skip
+    raises(ValueError, "frozen: expected uint8 on cuda:0 with shape (5,), got float32",
+           _core.lm_accumulate_cuda, **lm_args(frozen=cuda(5)))  # fmt: skip
+    raises(ValueError, "the flow term needs all of flow_ij", _core.lm_accumulate_cuda,
+           **lm_args(flow_ij=cuda(6, 2, 4, 3)))  # fmt: skip
+    raises(ValueError, "flow_acc is required with the flow term", _core.lm_accumulate_cuda,
+           flow_scale=(1.0, 1.0), **lm_args(flow=True, flow_acc=None))  # fmt: skip
+
+
 def test_block_sizes_are_the_cpu_kernels():
     """The exported sizes are those of the CPU outputs, and the CUDA wrapper uses them."""
     from align_problems import random_problem
@@ -361,6 +393,8 @@ def test_block_sizes_are_the_cpu_kernels():
         ("adam_step_cuda", adam_args()),
         ("adam_step_cuda", adam_args(dtype="float64")),
         ("world_points_cuda", world_args()),
+        ("lm_accumulate_cuda", lm_args()),
+        ("lm_accumulate_cuda", lm_args(flow=True)),
     ],
 )
 def test_valid_arrays_pass_every_check(entry, args):

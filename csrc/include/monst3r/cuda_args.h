@@ -8,7 +8,7 @@
 //
 // Checks, in argument order, each array at once:
 //   device  kDLCUDA, and the device id of the first array (all must agree);
-//   dtype   DType::f32 / f64 / i64, or DType::real = float32 or float64, the same for every
+//   dtype   DType::f32 / f64 / i64 / u8, or DType::real = float32 or float64, the same for every
 //           `real` array of the call (bound by the first one);
 //   shape   every dimension: a fixed size or a symbol ("N"); a symbol takes its value from the
 //           first array that has it and every later array must match;
@@ -61,7 +61,7 @@ namespace monst3r {
 namespace py = pybind11;
 
 // Element type an array must have; `real` = float32 or float64, one for the whole call.
-enum class DType { f32, f64, i64, real };
+enum class DType { f32, f64, i64, u8, real };
 
 // One dimension of a declared shape: a fixed size or a symbol such as "N".
 struct Dim {
@@ -123,6 +123,7 @@ inline std::string dtype_name(DType d) {
     case DType::f32: return "float32";
     case DType::f64: return "float64";
     case DType::i64: return "int64";
+    case DType::u8: return "uint8";
     default: return "float32 or float64";
   }
 }
@@ -132,6 +133,7 @@ inline bool dtype_matches(DType d, dlpack::DLDataType t) {
     case DType::f32: return DeviceArray::is<float>(t);
     case DType::f64: return DeviceArray::is<double>(t);
     case DType::i64: return DeviceArray::is<int64_t>(t);
+    case DType::u8: return DeviceArray::is<uint8_t>(t);
     default: return DeviceArray::is<float>(t) || DeviceArray::is<double>(t);
   }
 }
@@ -266,6 +268,7 @@ class CudaArgs {
   bool real_is_f64() const { return real_ == DType::f64; }
   int device() const { return device_; }
   void* stream() const { return stream_; }
+  const std::string& entry() const { return entry_; }
 
   // What the checks bound: device, real dtype, shape symbols (for _core.check_cuda_arrays).
   py::dict summary() const {

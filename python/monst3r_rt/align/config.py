@@ -32,7 +32,7 @@ class SolverSupport:
 # One row per solver: when a solver gains a capability, flip it here (tests follow the table).
 SOLVERS: dict[str, SolverSupport] = {
     "adam": SolverSupport(flow=True, windows=True, cuda=True),
-    "lm": SolverSupport(flow=False, windows=False, cuda=False, needs=(("scipy", "solvers"),)),
+    "lm": SolverSupport(flow=True, windows=True, cuda=True, needs=(("scipy", "solvers"),)),
 }
 DEVICES = ("auto", "cpu", "cuda")
 

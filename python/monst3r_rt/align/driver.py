@@ -252,19 +252,17 @@ def _optimize(
     callback: Callable[[int, float], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """Run the configured solver from ``params``; ``frozen`` (N,) bool frames keep their depth
-    and pose (their gradients are zeroed, so Adam never moves them)."""
+    and pose (Adam: their gradients are zeroed; LM: their variables are removed)."""
     if cfg.solver == "lm":
-        if flow is not None or frozen is not None or device != "cpu":
-            raise ValueError(
-                "solver='lm' supports the alignment and smoothness terms on the CPU, without "
-                "flows or windows; use solver='adam' for those"
-            )
         from .lm import solve_lm
 
         return solve_lm(
             data, params, niter=cfg.lm_iters, ftol=cfg.lm_ftol,
             temporal_smoothing_weight=cfg.temporal_smoothing_weight,
-            translation_weight=cfg.translation_weight,
+            translation_weight=cfg.translation_weight, flow=flow,
+            flow_loss_weight=cfg.flow_loss_weight, flow_loss_threshold=cfg.flow_loss_threshold,
+            pixel_loss_threshold=cfg.pixel_loss_threshold, frozen=frozen,
+            freeze_focal=freeze_focal, pin_scale=pin_scale, device=device,
         )  # fmt: skip
     flow_start = cfg.niter * cfg.flow_loss_start
     kernel = None
