@@ -9,13 +9,14 @@
 #include <vector>
 
 #include "monst3r/cuda_args.h"
+#include "monst3r/host_args.h"
 #include "monst3r/moments.h"
 
 namespace py = pybind11;
 
 namespace {
 
-std::string shape_of(const py::array& a) { return py::str(a.attr("shape")); }
+using monst3r::host::shape_of;
 
 // A C-contiguous T array of exactly `shape`, or a ValueError naming it.
 template <typename T>

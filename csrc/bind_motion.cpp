@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "monst3r/cuda_args.h"
+#include "monst3r/host_args.h"
 #include "monst3r/kernels.h"
 
 namespace py = pybind11;
@@ -19,15 +20,7 @@ namespace {
 
 const float* f32(const F32& a, const char* name, const std::vector<int64_t>& shape,
                  const char* text) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
-  if (!ok) {
-    std::ostringstream got;
-    got << "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) got << (i ? "," : "") << a.shape(i);
-    got << ")";
-    throw py::value_error(std::string(name) + " must have shape " + text + ", got " + got.str());
-  }
+  monst3r::host::check_shape(a, name, shape, text);
   return a.data();
 }
 

@@ -13,19 +13,15 @@
 #include <vector>
 
 #include "monst3r/cuda_args.h"
+#include "monst3r/host_args.h"
 #include "monst3r/perpixel.h"
 
 namespace py = pybind11;
 
 namespace {
 
-std::string shape_of(const py::array& a) {
-  std::ostringstream s;
-  s << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? "," : "") << a.shape(i);
-  s << (a.ndim() == 1 ? ",)" : ")");
-  return s.str();
-}
+using monst3r::host::check_shape;
+using monst3r::host::shape_of;
 
 // ---- Adam ----------------------------------------------------------------------------------------
 
@@ -126,15 +122,6 @@ void adam_step_cuda(const py::object& param, const py::object& exp_avg,
 
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-void check_dims(const py::array& a, const char* name, const std::vector<int64_t>& shape,
-                const char* text) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
-  if (!ok)
-    throw py::value_error(std::string(name) + " must have shape " + text + ", got " +
-                          shape_of(a));
-}
-
 // K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with finite non-zero focals (no skew).
 void check_intrinsics(const float* k, int64_t n) {
   for (int64_t v = 0; v < n; ++v, k += 9) {
@@ -148,10 +135,10 @@ void check_intrinsics(const float* k, int64_t n) {
 }
 
 py::array_t<float> world_points(const F32& depth, const F32& cam_to_world, const F32& intrinsics) {
-  check_dims(depth, "depth", {-1, -1, -1}, "(N,H,W)");
+  check_shape(depth, "depth", {-1, -1, -1}, "(N,H,W)");
   const int64_t n = depth.shape(0), h = depth.shape(1), w = depth.shape(2);
-  check_dims(cam_to_world, "cam_to_world", {n, 4, 4}, "(N,4,4) with N = depth.shape[0]");
-  check_dims(intrinsics, "intrinsics", {n, 3, 3}, "(N,3,3) with N = depth.shape[0]");
+  check_shape(cam_to_world, "cam_to_world", {n, 4, 4}, "(N,4,4) with N = depth.shape[0]");
+  check_shape(intrinsics, "intrinsics", {n, 3, 3}, "(N,3,3) with N = depth.shape[0]");
   check_intrinsics(intrinsics.data(), n);
   py::array_t<float> out({n, h, w, int64_t{3}});
   const float* d = depth.data();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "monst3r/cuda_args.h"
+#include "monst3r/host_args.h"
 #include "monst3r/kernels.h"
 
 namespace py = pybind11;
@@ -19,23 +20,7 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 
 namespace {
 
-std::string shape_str(const py::array& a) {
-  std::ostringstream s;
-  s << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? "," : "") << a.shape(i);
-  s << ")";
-  return s.str();
-}
-
-void check_shape(const py::array& a, const char* name, const std::vector<int64_t>& expected,
-                 const char* expected_text) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(expected.size());
-  for (size_t i = 0; ok && i < expected.size(); ++i)
-    ok = expected[i] < 0 || a.shape(i) == expected[i];
-  if (!ok)
-    throw py::value_error(std::string(name) + " must have shape " + expected_text + ", got " +
-                          shape_str(a));
-}
+using monst3r::host::check_shape;
 
 py::array_t<float> depth_to_points(const FloatArray& depth, const FloatArray& focal,
                                    const FloatArray& pp) {

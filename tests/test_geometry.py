@@ -253,9 +253,9 @@ def test_sums_do_not_depend_on_the_thread_count(rng) -> None:
 
 def test_pair_moments_errors_name_the_array() -> None:
     x = np.zeros((1, 5, 3))
-    with pytest.raises(ValueError, match=r"dst must have shape \(B,P,3\) like src, got \(1, 4"):
+    with pytest.raises(ValueError, match=r"dst must have shape \(B,P,3\) like src, got \(1,4,3\)"):
         _core.pair_moments(x, np.zeros((1, 4, 3)))
-    with pytest.raises(ValueError, match=r"weights must have shape \(B,P\).*got \(1, 4\)"):
+    with pytest.raises(ValueError, match=r"weights must have shape \(B,P\).*got \(1,4\)"):
         _core.pair_moments(x, x, np.zeros((1, 4)))
     with pytest.raises(ValueError, match="dst must be a C-contiguous float64"):
         _core.pair_moments(x, x.astype(np.float32))
