@@ -97,6 +97,15 @@ monst3r::AlignProblem<T> make_problem(const GeoArgs& g) {
   return pb;
 }
 
+// The caller's NumPy array itself (borrowed, so its data outlives the kernel call), never a
+// converted temporary whose buffer would be freed at the end of the statement.
+py::array ndarray(const py::object& o, const char* name) {
+  if (!py::isinstance<py::array>(o))
+    throw py::value_error(std::string(name) + " must be a numpy array, got " +
+                          std::string(py::str(py::type::of(o).attr("__name__"))));
+  return py::reinterpret_borrow<py::array>(o);
+}
+
 // Fills the flow arrays of pb and the options; the arrays must outlive the kernel call (they are
 // the caller's Python objects).
 template <typename T>
@@ -110,17 +119,17 @@ monst3r::LmOptions apply_extras(monst3r::AlignProblem<T>& pb, const Extras& x) {
       if (o->is_none())
         throw py::value_error(
             "the flow term needs all of flow_ij, flow_ji, static_mask, flow_rot, flow_trans");
-    pb.flow[0] = lm_checked<T>(py::array(x.flow_ij), "flow_ij", {e, 2, h, w});
-    pb.flow[1] = lm_checked<T>(py::array(x.flow_ji), "flow_ji", {e, 2, h, w});
-    pb.static_mask = lm_checked<T>(py::array(x.static_mask), "static_mask", {n, h, w});
-    pb.flow_rot = lm_checked<T>(py::array(x.flow_rot), "flow_rot", {e, 2, 3, 3});
-    pb.flow_trans = lm_checked<T>(py::array(x.flow_trans), "flow_trans", {e, 2, 3});
+    pb.flow[0] = lm_checked<T>(ndarray(x.flow_ij, "flow_ij"), "flow_ij", {e, 2, h, w});
+    pb.flow[1] = lm_checked<T>(ndarray(x.flow_ji, "flow_ji"), "flow_ji", {e, 2, h, w});
+    pb.static_mask = lm_checked<T>(ndarray(x.static_mask, "static_mask"), "static_mask", {n, h, w});
+    pb.flow_rot = lm_checked<T>(ndarray(x.flow_rot, "flow_rot"), "flow_rot", {e, 2, 3, 3});
+    pb.flow_trans = lm_checked<T>(ndarray(x.flow_trans, "flow_trans"), "flow_trans", {e, 2, 3});
     pb.pixel_thr = static_cast<T>(x.pixel_thr);
     opt.flow_scale[0] = x.flow_scale[0];
     opt.flow_scale[1] = x.flow_scale[1];
   }
   if (!x.frozen.is_none())
-    opt.frozen = lm_checked<uint8_t>(py::array(x.frozen), "frozen", {n});
+    opt.frozen = lm_checked<uint8_t>(ndarray(x.frozen, "frozen"), "frozen", {n});
   return opt;
 }
 

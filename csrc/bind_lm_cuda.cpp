@@ -144,7 +144,8 @@ void backsub(const py::dict& arrays, double eps, double pixel_thr,
 }
 
 void features(const py::dict& arrays, double eps, int64_t frame, int64_t p0, int64_t p1,
-              double pixel_thr, std::array<double, 2> flow_scale, std::uintptr_t stream) {
+              int64_t incident, double pixel_thr, std::array<double, 2> flow_scale,
+              std::uintptr_t stream) {
   CudaArgs a("lm_cross_features_cuda", stream);
   check_common(a, arrays);
   const auto& targets = a.optional("targets", get(arrays, "targets"), DType::i64, {"K"});
@@ -155,10 +156,22 @@ void features(const py::dict& arrays, double eps, int64_t frame, int64_t p0, int
   if (a.dim("P") != p1 - p0)
     throw py::value_error("lm_cross_features_cuda: x must have p1 - p0 = " +
                           std::to_string(p1 - p0) + " columns, got " + std::to_string(a.dim("P")));
+  // The kernel writes LM_EDGE_FEATURES rows per incident (edge, side) of the frame and
+  // LM_TARGET_FEATURES per flow target: x must have exactly that many rows.
+  const int64_t rows = monst3r::kLmEdgeFeatures * incident + monst3r::kLmTargetFeatures * n_targets;
+  if (incident < 1 || a.dim("R") != rows)
+    throw py::value_error("lm_cross_features_cuda: x must have " + std::to_string(rows) +
+                          " rows (" + std::to_string(monst3r::kLmEdgeFeatures) + " x incident " +
+                          std::to_string(incident) + " + " +
+                          std::to_string(monst3r::kLmTargetFeatures) + " x targets " +
+                          std::to_string(n_targets) + "), got " + std::to_string(a.dim("R")));
   by_dtype(a, [&](auto zero) {
     using T = decltype(zero);
     const auto pb = problem<T>(a, pixel_thr);
     const auto opt = options(a, flow_scale);
+    if (monst3r::lm_with_flow(pb, opt) != targets.present)
+      throw py::value_error("lm_cross_features_cuda: targets must be given exactly when the flow "
+                            "term is on");
     const int64_t* tg = targets.present ? a.ptr<int64_t>("targets") : nullptr;
     a.launch([&](void* st) {
       return monst3r::lm_cross_features_cuda<T>(
@@ -183,9 +196,11 @@ void register_lm_cuda(py::module_& m) {
         "CUDA twin of lm_backsub: the common arrays plus dframe (N,7) and dedge (E,7) float64 "
         "and the output dl (N,H,W) in the problem's dtype.");
   m.def("lm_cross_features_cuda", &features, py::arg("arrays"), py::kw_only(), py::arg("eps"),
-        py::arg("frame"), py::arg("p0"), py::arg("p1"), py::arg("pixel_thr") = 50.0,
+        py::arg("frame"), py::arg("p0"), py::arg("p1"), py::arg("incident"),
+        py::arg("pixel_thr") = 50.0,
         py::arg("flow_scale") = no_flow, py::arg("stream") = 0,
         "CUDA twin of lm_cross_features: the common arrays plus targets (K,) int64 (the frame's "
         "distinct flow targets, increasing; absent without the flow term) and the output x "
-        "(R, p1-p0) float32, R = LM_EDGE_FEATURES·k + LM_TARGET_FEATURES·K.");
+        "(R, p1-p0) float32, R = LM_EDGE_FEATURES·incident + LM_TARGET_FEATURES·K (incident: the "
+        "frame's (edge, side) count in the CSR).");
 }

@@ -607,6 +607,9 @@ def test_lm_gated_flow_term_changes_nothing():
     p_far, h_far = driver._optimize(data, far, cfg, "cpu", p0)
     p_none, h_none = driver._optimize(data, None, cfg, "cpu", p0)
     assert len(h_none) == 7
-    np.testing.assert_array_equal(h_far, h_none)
+    # the same path up to float rounding (the kernels' summation order may differ when flow
+    # arrays are passed); an ungated 40 px term would move everything by orders of magnitude more
+    np.testing.assert_allclose(h_far, h_none, rtol=1e-9)
     for k in p_none:
-        np.testing.assert_array_equal(p_far[k], p_none[k])
+        scale = max(1.0, float(np.abs(p_none[k]).max()))
+        np.testing.assert_allclose(p_far[k], p_none[k], rtol=0, atol=1e-5 * scale)

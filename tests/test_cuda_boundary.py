@@ -337,6 +337,37 @@ def lm_args(n=5, e=6, h=4, w=3, flow=False, **override):
     return {"arrays": {k: v for k, v in base.items() if v is not None}, "eps": 1e-3}
 
 
+def lm_features_args(flow=False, incident=4, rows=None, **override):
+    targets = 2 if flow else 0
+    rows = rows or _core.LM_EDGE_FEATURES * incident + _core.LM_TARGET_FEATURES * targets
+    override = {"x": cuda(rows, 12)} | override
+    args = lm_args(flow=flow, targets=cuda(targets, dtype="int64") if flow else None, **override)
+    for k in ("energy", "frame_acc", "edge_acc", "flow_acc"):
+        args["arrays"].pop(k, None)
+    return args | dict(frame=1, p0=0, p1=12, incident=incident)
+
+
+def lm_backsub_args(n=5, e=6, h=4, w=3, **override):
+    args = lm_args(n=n, e=e, h=h, w=w, dframe=cuda(n, 7, dtype="float64"),
+                   dedge=cuda(e, 7, dtype="float64"), dl=cuda(n, h, w), **override)  # fmt: skip
+    for k in ("energy", "frame_acc", "edge_acc"):
+        args["arrays"].pop(k, None)
+    return args
+
+
+def test_lm_cross_features_cuda_checks_rows_and_targets():
+    raises(ValueError, "x must have 16 rows (4 x incident 4 + 7 x targets 0), got 15",
+           _core.lm_cross_features_cuda, **lm_features_args(rows=15))  # fmt: skip
+    raises(ValueError, "x must have p1 - p0 = 12 columns, got 11", _core.lm_cross_features_cuda,
+           **lm_features_args(x=cuda(16, 11)))  # fmt: skip
+    args = lm_features_args(flow=True)
+    args["arrays"].pop("targets")
+    args["incident"] = 4
+    args["arrays"]["x"] = cuda(16, 12)
+    raises(ValueError, "targets must be given exactly when the flow term is on",
+           _core.lm_cross_features_cuda, flow_scale=(1.0, 1.0), **args)  # fmt: skip
+
+
 def test_lm_cuda_checks_its_arrays():
     raises(ValueError, "edge_acc: expected float64 on cuda:0 with shape (6,2,129), got float64 "
            "on cuda:0 with shape (6,2,128)", _core.lm_accumulate_cuda,
@@ -395,6 +426,8 @@ def test_block_sizes_are_the_cpu_kernels():
         ("world_points_cuda", world_args()),
         ("lm_accumulate_cuda", lm_args()),
         ("lm_accumulate_cuda", lm_args(flow=True)),
+        ("lm_backsub_cuda", lm_backsub_args()),
+        ("lm_cross_features_cuda", lm_features_args()),
     ],
 )
 def test_valid_arrays_pass_every_check(entry, args):

@@ -48,9 +48,13 @@ class CudaKernel:
     def __init__(self, data: AlignData, flow: FlowData | None = None, device: str = "cuda"):
         torch = require_cuda()
         self.torch = torch
-        self.device = torch.device(device)
+        dev = torch.device(device)
+        if dev.index is None:  # "cuda" → "cuda:<current>", so device comparisons are exact
+            dev = torch.device(dev.type, torch.cuda.current_device())
+        self.device = dev
         self.np_dtype = np.float64 if data.pts_i.dtype == np.float64 else np.float32
         dt = torch.float64 if self.np_dtype == np.float64 else torch.float32
+        self.dt = dt  # the problem's torch dtype
         self.n, self.e = data.n_frames, len(data.edges)
         self.h, self.w = data.shape
         if self.e and (data.edges.min() < 0 or data.edges.max() >= self.n):

@@ -46,10 +46,10 @@ class CudaKernels:
         self.torch = torch
         self.energy_kernel = CudaKernel(data, flow, device)
         ek = self.energy_kernel
-        self.device, self.dt, self.dtype_name = ek.device, ek.dt, ek.dtype_name
+        self.device, self.dt = ek.device, ek.dt
         self.inputs = ek.inputs  # device copies: edges, pts_i, pts_j, w_i, w_j, pp
         self.flow_inputs = (
-            None if ek.flow is None else [ek.flow[k] for k in ("flow_ij", "flow_ji", "static")]
+            None if ek.flow is None else [ek.flow[k] for k in ("flow_ij", "flow_ji", "static_mask")]
         )
         self.n, self.e = data.n_frames, len(data.edges)
         self.h, self.w = data.shape
@@ -131,8 +131,9 @@ class CudaKernels:
         x = self._zeros((rows, p1 - p0), self.torch.float32)
         tg = self._up(targets, self.torch.int64) if len(targets) else None
         self._call(
-            "lm_cross_features_cuda", st, {"targets": tg, "x": x}, eps, frame=v, p0=p0, p1=p1
-        )
+            "lm_cross_features_cuda", st, {"targets": tg, "x": x}, eps,
+            frame=v, p0=p0, p1=p1, incident=k,
+        )  # fmt: skip
         return x
 
     def gram(self, x: Any) -> np.ndarray:
@@ -150,4 +151,6 @@ class CudaKernels:
         return (log_depth.double() + alpha * dl.double()).to(log_depth.dtype)
 
     def depth_scale(self, log_depth: Any) -> float:
-        return float(self.torch.exp(log_depth[:, ::4, ::4].double()).median())
+        # on the host: np.median averages the two middle values (torch.median takes the lower),
+        # so the IRLS floor is the CPU twin's exactly
+        return float(np.median(np.exp(log_depth[:, ::4, ::4].double().cpu().numpy())))

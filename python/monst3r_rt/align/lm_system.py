@@ -351,7 +351,7 @@ class ReducedSystem:
 
     matrix: sp.csc_matrix  # (V,V): frames (θ,T)·N, focal(s), edges (φ,t,s)·E
     grad: np.ndarray  # (V,) reduced gradient
-    kernel_state: tuple  # the kernels' arguments at this state (for the back-substitution)
+    kernel_state: Any  # the kernels' state (CPU: argument tuple; CUDA: named tensors)
     eps: float  # IRLS floor of ‖r‖ (the back-substitution recomputes the weights with it)
     state: tuple  # rot, trans, edge_rot, edge_t, s, logf (float64)
     kernels: Any = None
