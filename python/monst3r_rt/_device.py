@@ -3,7 +3,8 @@
 The entry points take the arrays themselves (any DLPack producer: torch tensors, CuPy arrays)
 and check device, dtype, shape and layout in C++ (``csrc/include/monst3r/cuda_args.h``); this
 module only finds the device and stream to run on, allocates outputs next to an input and copies
-small host parameters there. Calling a CUDA entry point::
+small host parameters there, with the input's library: torch or CuPy (another producer is a
+TypeError saying so). Calling a CUDA entry point::
 
     with on_device(depth) as stream:
         out = empty_like_shape(depth, (n, h, w, 3))
