@@ -17,32 +17,19 @@ namespace py = pybind11;
 namespace {
 
 using monst3r::host::shape_of;
-
-// A C-contiguous T array of exactly `shape`, or a ValueError naming it.
-template <typename T>
-const T* typed(const py::array& a, const char* name, const std::vector<int64_t>& shape,
-               const std::string& text) {
-  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
-  if (!ok)
-    throw py::value_error(std::string(name) + " must have shape " + text + ", got " + shape_of(a));
-  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be a C-contiguous " +
-                          (sizeof(T) == 4 ? "float32" : "float64") + " array like src");
-  return static_cast<const T*>(a.data());
-}
+using monst3r::host::typed;
 
 template <typename T>
 py::array_t<double> pair_moments_impl(const py::array& src, const py::array& dst,
                                       const py::object& weights, int threads) {
   const int64_t b = src.shape(0), p = src.shape(1);
-  const T* x = typed<T>(src, "src", {b, p, 3}, "(B,P,3)");
-  const T* y = typed<T>(dst, "dst", {b, p, 3}, "(B,P,3) like src");
+  const T* x = typed<T>(src, "src", {b, p, 3});
+  const T* y = typed<T>(dst, "dst", {b, p, 3});
   py::array wa;  // keeps the weights alive during the call
   const T* w = nullptr;
   if (!weights.is_none()) {
     wa = weights.cast<py::array>();
-    w = typed<T>(wa, "weights", {b, p}, "(B,P) like src");
+    w = typed<T>(wa, "weights", {b, p});
   }
   py::array_t<double> out({b, int64_t{monst3r::kPairMoments}});
   double* o = out.mutable_data();

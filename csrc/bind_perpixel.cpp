@@ -1,6 +1,9 @@
 // pybind11 bindings of the per-pixel ops of the alignment's outer loop: the fused Adam step and
-// world points from depth, pose and intrinsics. CPU entry points check every numpy array; CUDA
-// entry points take raw device pointers and a stream handle (the callers check the tensors).
+// world points from depth, pose and intrinsics. CPU entry points check every NumPy array
+// (monst3r/host_args.h); CUDA entry points take DLPack arrays through the checked boundary
+// (monst3r/cuda_args.h: device, dtype, shape, layout, each array named) and a cudaStream_t, and
+// apply the same extra rules as their CPU twins (Adam: no aliased arrays). _core.check_intrinsics
+// exposes the intrinsics rule for host matrices headed to the GPU (geometry.world_points).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -36,10 +39,20 @@ void check_adam_hyper(int64_t step, double lr, double beta1, double beta2, doubl
   if (!(eps >= 0.0)) throw py::value_error("eps must be >= 0, got " + std::to_string(eps));
 }
 
+const char* const kAdamNames[4] = {"param", "exp_avg", "exp_avg_sq", "grad"};
+
+// The arrays are updated in place: no two of the `count`-element arrays may start at one address.
+void check_adam_distinct(const void* const (&data)[4], int64_t count) {
+  for (int k = 1; k < 4 && count > 0; ++k)
+    for (int j = 0; j < k; ++j)
+      if (data[j] == data[k])
+        throw py::value_error(std::string(kAdamNames[k]) + " and " + kAdamNames[j] +
+                              " must be different arrays");
+}
+
 // Every array: same dtype as param, same shape, C-contiguous; the state arrays writeable; no two
-// arrays starting at the same address (they are updated in place).
+// arrays starting at the same address.
 void check_adam_arrays(const py::array (&a)[4]) {
-  static const char* names[4] = {"param", "exp_avg", "exp_avg_sq", "grad"};
   const py::array& p = a[0];
   const bool f32 = py::isinstance<py::array_t<float>>(p);
   if (!f32 && !py::isinstance<py::array_t<double>>(p))
@@ -47,7 +60,7 @@ void check_adam_arrays(const py::array (&a)[4]) {
                           std::string(py::str(p.dtype())));
   const char* dtype = f32 ? "float32" : "float64";
   for (int k = 0; k < 4; ++k) {
-    const std::string name = names[k];
+    const std::string name = kAdamNames[k];
     const bool same = f32 ? py::isinstance<py::array_t<float>>(a[k])
                           : py::isinstance<py::array_t<double>>(a[k]);
     if (!same)
@@ -61,10 +74,8 @@ void check_adam_arrays(const py::array (&a)[4]) {
     if (!(a[k].flags() & py::array::c_style))
       throw py::value_error(name + " must be C-contiguous");
     if (k < 3 && !a[k].writeable()) throw py::value_error(name + " must be writeable");
-    for (int j = 0; j < k && p.size() > 0; ++j)
-      if (a[j].data() == a[k].data())
-        throw py::value_error(name + " and " + names[j] + " must be different arrays");
   }
+  check_adam_distinct({a[0].data(), a[1].data(), a[2].data(), a[3].data()}, p.size());
 }
 
 template <typename T>
@@ -98,11 +109,10 @@ void adam_step_cuda(const py::object& param, const py::object& exp_avg,
   using monst3r::DType;
   check_adam_hyper(step, lr, beta1, beta2, eps);
   monst3r::CudaArgs a("adam_step_cuda", stream);
-  for (const auto& [name, obj] : {std::pair<const char*, const py::object*>{"param", &param},
-                                  {"exp_avg", &exp_avg},
-                                  {"exp_avg_sq", &exp_avg_sq},
-                                  {"grad", &grad}})
-    a.arg(name, *obj, DType::real, {"P"});
+  const py::object* objs[4] = {&param, &exp_avg, &exp_avg_sq, &grad};
+  const void* data[4];
+  for (int k = 0; k < 4; ++k) data[k] = a.arg(kAdamNames[k], *objs[k], DType::real, {"P"}).data;
+  check_adam_distinct(data, a.dim("P"));
   auto run = [&](auto zero) {
     using T = decltype(zero);
     const auto c = monst3r::adam_coeffs<T>(step, lr, beta1, beta2, eps);
@@ -132,6 +142,12 @@ void check_intrinsics(const float* k, int64_t n) {
                             "] must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with non-zero "
                             "finite fx, fy (no skew)");
   }
+}
+
+// intrinsics (N,3,3): each matrix pinhole with finite non-zero focals, or ValueError naming it.
+void check_intrinsics_array(const F32& intrinsics) {
+  check_shape(intrinsics, "intrinsics", {-1, 3, 3}, "(N,3,3)");
+  check_intrinsics(intrinsics.data(), intrinsics.shape(0));
 }
 
 py::array_t<float> world_points(const F32& depth, const F32& cam_to_world, const F32& intrinsics) {
@@ -186,6 +202,10 @@ void register_perpixel(py::module_& m) {
         py::arg("intrinsics"),
         "CPU: depth (N,H,W) z-depth, cam_to_world (N,4,4), intrinsics (N,3,3) pinhole "
         "[[fx,0,cx],[0,fy,cy],[0,0,1]] (pixels) -> (N,H,W,3) float32 world points.");
+  m.def("check_intrinsics", &check_intrinsics_array, py::arg("intrinsics"),
+        "The intrinsics rule of world_points on host matrices (N,3,3): each must be "
+        "[[fx,0,cx],[0,fy,cy],[0,0,1]] with finite non-zero fx, fy, else ValueError naming "
+        "intrinsics[i]. For host intrinsics headed to world_points_cuda, which cannot read them.");
   m.def("world_points_cuda", &world_points_cuda, py::arg("depth"), py::arg("cam_to_world"),
         py::arg("intrinsics"), py::arg("points"), py::kw_only(), py::arg("stream") = 0,
         "CUDA twin of world_points (DLPack arrays, checked): depth (N,H,W), cam_to_world (N,4,4), "

@@ -21,6 +21,7 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 namespace {
 
 using monst3r::host::check_shape;
+using monst3r::host::typed;
 
 py::array_t<float> depth_to_points(const FloatArray& depth, const FloatArray& focal,
                                    const FloatArray& pp) {
@@ -57,16 +58,6 @@ void depth_to_points_cuda(const py::object& depth, const py::object& focal, cons
 // ---- alignment -------------------------------------------------------------------------------
 
 template <typename T>
-const T* checked(const py::array& a, const char* name, const std::vector<int64_t>& shape,
-                 const char* shape_text) {
-  check_shape(a, name, shape, shape_text);
-  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be a C-contiguous " +
-                          (sizeof(T) == 4 ? "float32" : "float64") + " array");
-  return static_cast<const T*>(a.data());
-}
-
-template <typename T>
 py::tuple align_energy_grad_impl(const py::array& edges, const py::array& pts_i,
                                  const py::array& pts_j, const py::array& w_i,
                                  const py::array& w_j, const py::array& log_depth,
@@ -86,26 +77,23 @@ py::tuple align_energy_grad_impl(const py::array& edges, const py::array& pts_i,
   pb.n_edges = e;
   pb.height = h;
   pb.width = w;
-  check_shape(edges, "edges", {e, 2}, "(E,2)");
-  if (!py::isinstance<py::array_t<int64_t>>(edges) || !(edges.flags() & py::array::c_style))
-    throw py::value_error("edges must be a C-contiguous int64 array");
-  pb.edges = static_cast<const int64_t*>(edges.data());
+  pb.edges = typed<int64_t>(edges, "edges", {e, 2});
   for (int64_t k = 0; k < 2 * e; ++k)
     if (pb.edges[k] < 0 || pb.edges[k] >= n)
       throw py::value_error("edges reference frame " + std::to_string(pb.edges[k]) +
                             " outside 0.." + std::to_string(n - 1));
-  pb.pts[0] = checked<T>(pts_i, "pts_i", {e, h, w, 3}, "(E,H,W,3)");
-  pb.pts[1] = checked<T>(pts_j, "pts_j", {e, h, w, 3}, "(E,H,W,3) like pts_i");
-  pb.weight[0] = checked<T>(w_i, "w_i", {e, h, w}, "(E,H,W)");
-  pb.weight[1] = checked<T>(w_j, "w_j", {e, h, w}, "(E,H,W)");
-  pb.log_depth = checked<T>(log_depth, "log_depth", {n, h, w}, "(N,H,W) with H,W of pts_i");
-  pb.rot = checked<T>(rot, "rot", {n, 3, 3}, "(N,3,3)");
-  pb.trans = checked<T>(trans, "trans", {n, 3}, "(N,3)");
-  pb.focal = checked<T>(focal, "focal", {n}, "(N,)");
-  pb.pp = checked<T>(pp, "pp", {n, 2}, "(N,2)");
-  pb.edge_rot = checked<T>(edge_rot, "edge_rot", {e, 3, 3}, "(E,3,3)");
-  pb.edge_trans = checked<T>(edge_trans, "edge_trans", {e, 3}, "(E,3)");
-  pb.edge_scale = checked<T>(edge_scale, "edge_scale", {e}, "(E,)");
+  pb.pts[0] = typed<T>(pts_i, "pts_i", {e, h, w, 3});
+  pb.pts[1] = typed<T>(pts_j, "pts_j", {e, h, w, 3});
+  pb.weight[0] = typed<T>(w_i, "w_i", {e, h, w});
+  pb.weight[1] = typed<T>(w_j, "w_j", {e, h, w});
+  pb.log_depth = typed<T>(log_depth, "log_depth", {n, h, w});
+  pb.rot = typed<T>(rot, "rot", {n, 3, 3});
+  pb.trans = typed<T>(trans, "trans", {n, 3});
+  pb.focal = typed<T>(focal, "focal", {n});
+  pb.pp = typed<T>(pp, "pp", {n, 2});
+  pb.edge_rot = typed<T>(edge_rot, "edge_rot", {e, 3, 3});
+  pb.edge_trans = typed<T>(edge_trans, "edge_trans", {e, 3});
+  pb.edge_scale = typed<T>(edge_scale, "edge_scale", {e});
 
   const bool with_flow = !flow_ij.is_none();
   py::array a_fij, a_fji, a_mask, a_frot, a_ftrans;  // keep the arrays alive during the call
@@ -117,11 +105,11 @@ py::tuple align_energy_grad_impl(const py::array& edges, const py::array& pts_i,
     a_mask = static_mask.cast<py::array>();
     a_frot = flow_rot.cast<py::array>();
     a_ftrans = flow_trans.cast<py::array>();
-    pb.flow[0] = checked<T>(a_fij, "flow_ij", {e, 2, h, w}, "(E,2,H,W)");
-    pb.flow[1] = checked<T>(a_fji, "flow_ji", {e, 2, h, w}, "(E,2,H,W)");
-    pb.static_mask = checked<T>(a_mask, "static_mask", {n, h, w}, "(N,H,W)");
-    pb.flow_rot = checked<T>(a_frot, "flow_rot", {e, 2, 3, 3}, "(E,2,3,3)");
-    pb.flow_trans = checked<T>(a_ftrans, "flow_trans", {e, 2, 3}, "(E,2,3)");
+    pb.flow[0] = typed<T>(a_fij, "flow_ij", {e, 2, h, w});
+    pb.flow[1] = typed<T>(a_fji, "flow_ji", {e, 2, h, w});
+    pb.static_mask = typed<T>(a_mask, "static_mask", {n, h, w});
+    pb.flow_rot = typed<T>(a_frot, "flow_rot", {e, 2, 3, 3});
+    pb.flow_trans = typed<T>(a_ftrans, "flow_trans", {e, 2, 3});
     pb.pixel_thr = static_cast<T>(pixel_thr);
   }
 

@@ -7,6 +7,7 @@ strides), never the data, so they run on machines without a GPU with these objec
 from __future__ import annotations
 
 import ctypes
+import itertools
 
 
 class _DLDevice(ctypes.Structure):
@@ -39,10 +40,12 @@ _capsule_new = ctypes.pythonapi.PyCapsule_New
 _capsule_new.restype = ctypes.py_object
 _capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 _CODES = {"float32": (2, 32), "float64": (2, 64), "int64": (0, 64), "float16": (2, 16)}
+_ADDRESSES = itertools.count(0x1000, 0x1000)  # one fake address per array: aliasing is visible
 
 
 class FakeCudaArray:
-    """A DLPack producer for CUDA memory that does not exist (data pointer 0x1000, never read).
+    """A DLPack producer for CUDA memory that does not exist (a distinct fake data pointer per
+    object, never read; the same object passed twice is one array passed twice).
 
     Records the ``stream`` each ``__dlpack__`` call was given; its capsule has no destructor
     (nothing to free) and points into this object, which the consumer keeps alive.
@@ -56,7 +59,7 @@ class FakeCudaArray:
         self._strides = None if strides is None else (ctypes.c_int64 * max(n, 1))(*strides)
         self._managed = _DLManagedTensor()
         t = self._managed.dl_tensor
-        t.data, t.byte_offset = 0x1000, 0
+        t.data, t.byte_offset = next(_ADDRESSES), 0
         t.device = _DLDevice(device_type, device)
         t.ndim = n
         t.dtype = _DLDataType(*_CODES[dtype], 1)

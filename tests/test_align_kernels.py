@@ -262,3 +262,36 @@ def test_cuda_device_without_gpu_is_a_clear_error():
     sc = make_scene(n_frames=4, size=(16, 16), n_objects=0)
     with pytest.raises(RuntimeError, match="device='cuda'"):
         global_align(sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, device="cuda")
+
+
+def _kernel_args(e=2, n=3, h=4, w=5, dtype=np.float64):
+    """Valid arguments of ``_core.align_energy_grad`` with the flow term (values irrelevant)."""
+    shapes = dict(pts_i=(e, h, w, 3), pts_j=(e, h, w, 3), w_i=(e, h, w), w_j=(e, h, w),
+                  log_depth=(n, h, w), rot=(n, 3, 3), trans=(n, 3), focal=(n,), pp=(n, 2),
+                  edge_rot=(e, 3, 3), edge_trans=(e, 3), edge_scale=(e,), flow_ij=(e, 2, h, w),
+                  flow_ji=(e, 2, h, w), static_mask=(n, h, w), flow_rot=(e, 2, 3, 3),
+                  flow_trans=(e, 2, 3))  # fmt: skip
+    args = {k: np.ones(s, dtype) for k, s in shapes.items()}
+    return {"edges": np.array([[0, 1], [1, 2]], np.int64), **args}
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "message"),
+    [
+        ("pts_j", np.ones((2, 4, 6, 3)), r"pts_j must be a C-contiguous float64 array of shape "
+         r"\(2,4,5,3\), got float64 \(2,4,6,3\)$"),
+        ("focal", np.ones(3, np.float32), r"focal .* of shape \(3,\), got float32 \(3,\)$"),
+        ("edge_rot", np.ones((2, 3, 6))[:, :, ::2], r"edge_rot .*got float64 \(2,3,3\) non-contig"),
+        ("edges", np.zeros((2, 2), np.int32), r"edges must be a C-contiguous int64 array of shape "
+         r"\(2,2\), got int32 \(2,2\)$"),
+        ("flow_trans", np.ones((2, 3)), r"flow_trans .* of shape \(2,2,3\), got float64 \(2,3\)$"),
+    ],
+)  # fmt: skip
+def test_kernel_arguments_are_checked_by_name(name, bad, message):
+    from monst3r_rt import _core
+
+    args = _kernel_args()
+    _core.align_energy_grad(**args)  # the valid arguments pass
+    args[name] = bad
+    with pytest.raises(ValueError, match=message):
+        _core.align_energy_grad(**args)

@@ -1,7 +1,7 @@
 """Every impossible combination is refused before any work, with a message saying what to
-change; ``device="auto"`` resolves to what can run here. The solver capability table
-(:data:`monst3r_rt.align.config.SOLVERS`) drives the cases, so that a solver gaining a
-capability turns its refusal test off and its success test on by a one-line edit of the table."""
+change; ``device="auto"`` resolves to what can run here. The refusals of a capability a solver
+lacks (:data:`monst3r_rt.align.config.SOLVERS`) are tested on a crippled copy of the table, so
+that they stay covered whatever the real table grants; what the real table grants must pass."""
 
 from __future__ import annotations
 
@@ -18,12 +18,10 @@ import monst3r_rt
 from monst3r_rt import _core, cli
 from monst3r_rt.align import AlignConfig, global_align
 from monst3r_rt.align import driver as align_driver
-from monst3r_rt.align.config import SOLVERS, cuda_unavailable
+from monst3r_rt.align.config import SOLVERS, SolverSupport, cuda_unavailable
 from monst3r_rt.synthetic import make_scene
 
-LM_FLOW = SOLVERS["lm"].flow
-UNSUPPORTED = [(s, cap) for s, c in SOLVERS.items() for cap in ("flow", "windows", "cuda")
-               if not getattr(c, cap)]  # fmt: skip
+CAPABILITIES = ("flow", "windows", "cuda")
 STAGE_LINE = "[monst3r-rt] "  # the CLI's status line as each stage starts
 
 
@@ -67,26 +65,69 @@ def no_stage_work(monkeypatch):
         monkeypatch.setattr(monst3r_rt.network, "load_model", forbidden)
 
 
+@pytest.fixture
+def lm_lacks_all(monkeypatch):
+    """The capability table with solver 'lm' lacking the flow term, windows and CUDA (and needing
+    no optional module), as a solver without them would be declared."""
+    monkeypatch.setitem(SOLVERS, "lm", SolverSupport(flow=False, windows=False, cuda=False))
+
+
 def _align(sc, **kw):
     return global_align(sc.edges, sc.pts_i, sc.pts_j, sc.conf_i, sc.conf_j, **kw)
 
 
+# what each refusal says, as a Python argument and as a command-line option
+REFUSALS = {
+    "flow": ("solver='lm' does not support the flow term yet: use flows=None (Pipeline(flow=None))"
+             " or solver='adam'",
+             "--solver lm does not support the flow term yet: use --no-flow or --solver adam"),
+    "windows": ("solver='lm' does not support windows yet: use window=None or solver='adam'",
+                "--solver lm does not support windows yet: use --solver adam"),
+    "cuda": ("solver='lm' has no CUDA path yet: use device='cpu' or 'auto', or solver='adam'",
+             "--solver lm has no CUDA path yet: use --device cpu or --device auto, or --solver "
+             "adam"),
+}  # fmt: skip
+
+
+def _lacking(capability: str) -> tuple[AlignConfig, dict]:
+    """An LM config and ``check`` arguments that ask for ``capability``."""
+    cfg = AlignConfig(solver="lm", niter=2, window=(3, 1) if capability == "windows" else None)
+    return cfg, {"flow": capability == "flow", "device": "cuda" if capability == "cuda" else "cpu"}
+
+
 # ---- global_align --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("solver", "capability"), UNSUPPORTED)
-def test_global_align_refuses_what_the_table_says_a_solver_lacks(
-    scene, no_align_work, solver, capability
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_check_refuses_what_the_table_says_a_solver_lacks_in_both_wordings(
+    lm_lacks_all, capability
 ):
-    cfg = AlignConfig(solver=solver, niter=2, window=(3, 1) if capability == "windows" else None)
-    kw: dict = {"config": cfg}
-    if capability == "flow":
-        kw["flows"] = (scene.flow_ij, scene.flow_ji)
-    if capability == "cuda":
-        kw["device"] = "cuda"
-    message = {"flow": "does not support the flow term yet", "windows": "windows yet",
-               "cuda": "no CUDA path yet"}[capability]  # fmt: skip
-    with pytest.raises(ValueError, match=message) as err:
-        _align(scene, **kw)
-    assert f"solver={solver!r}" in str(err.value) and "solver='adam'" in str(err.value)
+    cfg, kw = _lacking(capability)
+    api, flag = REFUSALS[capability]
+    with pytest.raises(ValueError) as err:
+        cfg.check(**kw)
+    assert str(err.value) == api
+    with pytest.raises(ValueError) as err:
+        cfg.check(**kw, cli=True)
+    assert str(err.value) == flag
+    assert "=" not in flag and "--window" not in flag  # no Python argument, no such flag
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_global_align_refuses_what_the_table_says_a_solver_lacks(
+    scene, no_align_work, lm_lacks_all, capability
+):
+    cfg, kw = _lacking(capability)
+    flows = (scene.flow_ij, scene.flow_ji) if kw["flow"] else None
+    with pytest.raises(ValueError) as err:
+        _align(scene, config=cfg, flows=flows, device=kw["device"])
+    assert str(err.value) == REFUSALS[capability][0]
+
+
+def test_auto_device_avoids_a_solver_without_a_cuda_path(lm_lacks_all, monkeypatch):
+    import monst3r_rt.align.config as config
+
+    monkeypatch.setattr(config, "cuda_unavailable", lambda *_: None)  # as if CUDA could run
+    assert AlignConfig(solver="lm").check("auto") == "cpu"
+    assert AlignConfig(solver="adam").check("auto") == "cuda"
 
 
 @pytest.mark.parametrize("solver", list(SOLVERS))
@@ -111,12 +152,16 @@ def test_global_align_refuses_other_bad_combinations(scene, no_align_work, monke
         _align(scene, config=AlignConfig(solver="lm"))
 
 
-def test_cuda_without_cuda_kernels_or_gpu_is_refused_early(scene, no_align_work):
-    reason = cuda_unavailable()
-    if reason is None:
-        pytest.skip("the alignment's CUDA kernels can run here")
-    with pytest.raises(RuntimeError, match=r"device='cuda'.*use device='cpu' or 'auto'"):
+def test_cuda_without_cuda_kernels_or_gpu_is_refused_early(scene, no_align_work, monkeypatch):
+    monkeypatch.setattr(_core, "has_cuda", False)  # refused here whatever this machine has
+    with pytest.raises(RuntimeError, match=r"^device='cuda': .*; use device='cpu' or 'auto'$"):
         _align(scene, device="cuda")
+    with pytest.raises(RuntimeError) as err:
+        AlignConfig().check("cuda", cli=True)
+    message = str(err.value)
+    assert message.startswith("--device cuda: monst3r_rt._core has no CUDA kernels"), message
+    assert message.endswith("; use --device cpu or --device auto"), message
+    assert "device='" not in message, message
 
 
 def test_auto_device_resolves_to_what_can_run_and_is_reported(scene):
@@ -124,8 +169,6 @@ def test_auto_device_resolves_to_what_can_run_and_is_reported(scene):
     res = _align(scene, device="auto", config=AlignConfig(niter=2))
     assert res.diagnostics["device"] == expect
     assert _align(scene, config=AlignConfig(niter=0)).diagnostics["device"] == "cpu"
-    if not SOLVERS["lm"].cuda:
-        assert AlignConfig(solver="lm").check("auto") == "cpu"
 
 
 def test_auto_with_a_cuda_torch_and_a_cpu_only_core_aligns_on_the_cpu(monkeypatch, workdir):
@@ -184,9 +227,6 @@ def _pipeline_cases(tmp: Path, ckpt: Path) -> list[tuple[dict, type, str]]:
         ({"weights": tmp / "missing.pth"}, FileNotFoundError, "missing.pth"),
         ({"device": "tpu"}, ValueError, "device must be one of"),
     ]  # fmt: skip
-    if not LM_FLOW:
-        lm = r"solver='lm' does not support the flow term yet: use flows=None"
-        cases.append(({"align": AlignConfig(solver="lm")}, ValueError, lm))
     from monst3r_rt.deploy.tensorrt import tensorrt_available
 
     if not tensorrt_available()[0]:
@@ -210,6 +250,22 @@ def test_pipeline_refuses_impossible_combinations_at_construction(
                 m.setitem(sys.modules, "torchvision", None)  # import fails, as when missing
             with pytest.raises(error, match=message):
                 Pipeline(**kw)
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_pipeline_refuses_what_the_table_says_a_solver_lacks_in_both_wordings(
+    workdir, no_stage_work, lm_lacks_all, monkeypatch, capability
+):
+    import monst3r_rt.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_torch_sees_gpu", lambda: True)  # reach the solver's refusal
+    _, ckpt = workdir
+    cfg, kw = _lacking(capability)
+    for cli_mode, message in zip((False, True), REFUSALS[capability], strict=True):
+        with pytest.raises(ValueError) as err:
+            pipeline.Pipeline(weights=ckpt, size=224, align=cfg, device=kw["device"],
+                              flow="dis" if kw["flow"] else None, cli=cli_mode)  # fmt: skip
+        assert str(err.value) == message
 
 
 def test_pipeline_run_checks_again_before_reading_frames(workdir, no_stage_work):
@@ -237,26 +293,25 @@ def _run_args(d: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
             "--niter", "5", "--device", "cpu", *extra]  # fmt: skip
 
 
-@pytest.mark.skipif(LM_FLOW, reason="solver 'lm' supports the flow term (align.config.SOLVERS)")
-def test_cli_lm_with_flow_fails_early_with_the_fix(workdir, tmp_path, capsys, no_stage_work):
-    """``monst3r-rt run --solver lm`` (flow on by default): refused before frames, weights,
-    network or flow, one line naming the fix, nothing written."""
+@pytest.mark.parametrize("capability", ["flow", "cuda"])  # the CLI has no window option
+def test_cli_refuses_what_the_table_says_a_solver_lacks_early(
+    workdir, tmp_path, capsys, no_stage_work, lm_lacks_all, monkeypatch, capability
+):
+    """``monst3r-rt run --solver lm`` asking for what the solver lacks: refused before frames,
+    weights, network or flow, one line naming the fix in command-line words, nothing written."""
+    import monst3r_rt.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_torch_sees_gpu", lambda: True)  # reach the solver's refusal
     d, ckpt = workdir
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "monst3r_rt.cli", *_run_args(d, ckpt, out, "--solver", "lm")],
-        capture_output=True, text=True, env=_cli_env(), timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert "--solver lm does not support the flow term yet: use --no-flow or --solver adam" in (
-        proc.stderr
-    )
-    assert STAGE_LINE not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert not out.exists()
-    # in-process, with every stage rigged to fail the test if reached
-    assert cli.main(_run_args(d, ckpt, out, "--solver", "lm")) == 2
+    extra = ["--solver", "lm"] if capability == "flow" else ["--solver", "lm", "--no-flow"]
+    args = _run_args(d, ckpt, out, *extra)
+    if capability == "cuda":
+        args[args.index("--device") + 1] = "cuda"
+    assert cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "--no-flow or --solver adam" in err and STAGE_LINE not in err, err
+    assert REFUSALS[capability][1] in err, err
+    assert STAGE_LINE not in err and "Traceback" not in err and "=" not in err, err
     assert not out.exists()
 
 
@@ -273,7 +328,7 @@ def _parse_output(out: Path, n: int) -> None:
         assert poses.shape == (n, 4, 4) and np.isfinite(poses).all()
 
 
-@pytest.mark.skipif(not LM_FLOW, reason="solver 'lm' lacks the flow term (align.config.SOLVERS)")
+@pytest.mark.skipif(not SOLVERS["lm"].flow, reason="solver 'lm' lacks the flow term")
 def test_cli_lm_with_flow_end_to_end(workdir, tmp_path):
     pytest.importorskip("scipy")
     d, ckpt = workdir
@@ -318,8 +373,6 @@ def test_cli_refuses_impossible_combinations_early(workdir, tmp_path, capsys, no
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "--device cuda: torch sees no CUDA GPU; use --device"))
-    if not SOLVERS["lm"].cuda:
-        cases.append((["--no-flow", "--solver", "lm", "--device", "cuda"], "--device"))
     for extra, needle in cases:
         target = tmp_path / "never"
         code = cli.main(_run_args(d, ckpt, target, *extra))

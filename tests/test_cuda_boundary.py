@@ -309,6 +309,19 @@ def world_args(n=2, h=4, w=5, **override):
     return args
 
 
+@pytest.mark.parametrize(("first", "second"), [("param", "exp_avg"), ("exp_avg", "grad"),
+                                               ("param", "grad")])  # fmt: skip
+def test_adam_cuda_refuses_one_array_passed_twice(first, second):
+    """In place: as on the CPU, two arguments on one address are refused before any launch."""
+    same = cuda(11)
+    raises(ValueError, f"{second} and {first} must be different arrays", _core.adam_step_cuda,
+           **adam_args(**{first: same, second: same}))  # fmt: skip
+    if _core.cuda_device_count() == 0:  # with a GPU the launch would read the fake pointers
+        empty = cuda(0)  # nothing is written: no address to share, the checks pass
+        with pytest.raises(RuntimeError, match="adam_step_cuda"):  # (the launch fails)
+            _core.adam_step_cuda(**adam_args(p=0, **{first: empty, second: empty}))
+
+
 def test_adam_and_world_points_cuda_check_their_arrays():
     raises(ValueError, "exp_avg_sq: expected float64 on cuda:0 with shape (11,), got float32",
            _core.adam_step_cuda, **adam_args(dtype="float64", exp_avg_sq=cuda(11)))  # fmt: skip
@@ -317,6 +330,71 @@ def test_adam_and_world_points_cuda_check_their_arrays():
     raises(ValueError, "intrinsics: expected float32 on cuda:0 with shape (2,3,3), got float32 "
            "on cuda:0 with shape (2,4,4)", _core.world_points_cuda,
            **world_args(intrinsics=cuda(2, 4, 4)))  # fmt: skip
+
+
+# ---- the Python wrappers' host-side checks on the CUDA path -------------------------------------
+
+
+@pytest.fixture
+def kernels_claimed(monkeypatch):
+    """The wrappers' "_core has CUDA kernels" gate open, so that their host-side checks run on
+    fake arrays: they must refuse before any CUDA call or allocation."""
+    monkeypatch.setattr(_core, "has_cuda", True)
+
+
+def _pinholes(n=2):
+    k = np.tile(np.diag([500.0, 400.0, 1.0]).astype(np.float32), (n, 1, 1))
+    k[:, :2, 2] = (2.5, 2.0)
+    return k
+
+
+@pytest.mark.parametrize(("row", "col", "value"), [(0, 1, 0.5), (1, 1, 0.0), (0, 0, np.nan),
+                                                   (2, 2, 2.0)])  # fmt: skip
+def test_world_points_cuda_checks_host_intrinsics_as_the_cpu_path(kernels_claimed, row, col, value):
+    from monst3r_rt.geometry import world_points
+
+    pose, k = np.tile(np.eye(4, dtype=np.float32), (2, 1, 1)), _pinholes()
+    k[1, row, col] = value
+    with pytest.raises(ValueError) as on_cpu:
+        world_points(np.ones((2, 4, 5), np.float32), pose, k)
+    with pytest.raises(ValueError) as on_gpu:
+        world_points(cuda(2, 4, 5), pose, k)
+    assert str(on_gpu.value) == str(on_cpu.value)
+    assert str(on_gpu.value).startswith("intrinsics[1] must be [[fx, 0, cx], [0, fy, cy]")
+    with pytest.raises(ValueError, match=r"intrinsics must broadcast to \(2, 3, 3\)"):
+        world_points(cuda(2, 4, 5), pose, k[:, :2])
+
+
+def test_other_dlpack_producers_are_named_not_imported(kernels_claimed):
+    """Valid intrinsics pass the check; the upload next to a producer that is neither torch nor
+    CuPy is a TypeError naming the supported libraries (not a missing-module error)."""
+    from monst3r_rt._device import empty_like_shape
+    from monst3r_rt.geometry import world_points
+
+    pose = np.tile(np.eye(4, dtype=np.float32), (2, 1, 1))
+    message = r"fake_dlpack\.FakeCudaArray: monst3r_rt allocates its outputs with torch or CuPy"
+    with pytest.raises(TypeError, match=message):
+        world_points(cuda(2, 4, 5), pose, _pinholes())
+    with pytest.raises(TypeError, match=message):
+        empty_like_shape(cuda(2), (3,))
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "weights"),
+    [((4, 5, 3), (4, 6, 3), None), ((4, 5, 2), (4, 5, 2), None), ((4, 5, 3), (4, 5, 3), (4, 6)),
+     ((4, 5, 3), (4, 5, 3), (21,))],
+)  # fmt: skip
+def test_pair_moments_cuda_checks_shapes_as_the_cpu_path(kernels_claimed, src, dst, weights):
+    from monst3r_rt.geometry import pair_moments
+
+    host = [None if s is None else np.zeros(s, np.float32) for s in (src, dst, weights)]
+    with pytest.raises(ValueError) as on_cpu:
+        pair_moments(*host)
+    with pytest.raises(ValueError) as on_gpu:
+        pair_moments(*(None if s is None else cuda(*s) for s in (src, dst, weights)))
+    assert str(on_gpu.value) == str(on_cpu.value)
+    named = "weights" if weights is not None else "src"
+    assert str(on_gpu.value).startswith(f"pair_moments: {named} "), on_gpu.value
 
 
 def lm_args(n=5, e=6, h=4, w=3, flow=False, **override):

@@ -253,12 +253,16 @@ def test_sums_do_not_depend_on_the_thread_count(rng) -> None:
 
 def test_pair_moments_errors_name_the_array() -> None:
     x = np.zeros((1, 5, 3))
-    with pytest.raises(ValueError, match=r"dst must have shape \(B,P,3\) like src, got \(1,4,3\)"):
+    must = "must be a C-contiguous float64 array of shape"
+    with pytest.raises(ValueError, match=rf"^dst {must} \(1,5,3\), got float64 \(1,4,3\)$"):
         _core.pair_moments(x, np.zeros((1, 4, 3)))
-    with pytest.raises(ValueError, match=r"weights must have shape \(B,P\).*got \(1,4\)"):
+    with pytest.raises(ValueError, match=rf"^weights {must} \(1,5\), got float64 \(1,4\)$"):
         _core.pair_moments(x, x, np.zeros((1, 4)))
-    with pytest.raises(ValueError, match="dst must be a C-contiguous float64"):
+    with pytest.raises(ValueError, match=rf"^dst {must} \(1,5,3\), got float32 \(1,5,3\)$"):
         _core.pair_moments(x, x.astype(np.float32))
+    strided = np.zeros((1, 10, 3))[:, ::2]
+    with pytest.raises(ValueError, match=rf"^dst {must} \(1,5,3\), got .* non-contiguous$"):
+        _core.pair_moments(x, strided)
     with pytest.raises(ValueError, match=r"src must have shape \(B,P,3\)"):
         _core.pair_moments(np.zeros((5, 3)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="weights must have 5 elements"):

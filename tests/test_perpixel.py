@@ -222,8 +222,12 @@ def test_adam_step_cuda_twin_matches_cpu(torch, rng, dtype):
         adam_step(*gpu, torch.from_numpy(g).cuda(), it + 1, LR_AT(it))
     for got, want in zip(gpu, cpu, strict=True):
         _assert_close(got.cpu().numpy(), want, dtype, "cuda vs cpu")
-    with pytest.raises(ValueError, match="grad must be"):
+    want = np.dtype(dtype).name  # the CUDA boundary's format: array, expected, actual
+    with pytest.raises(ValueError, match=rf"grad: expected {want} on cuda:0 with shape \(6720,\)"
+                       r", got float32 on cuda:0 with shape \(3,\)"):  # fmt: skip
         adam_step(*gpu, torch.zeros(3, device="cuda"), 1, 0.01)
+    with pytest.raises(ValueError, match="exp_avg and param must be different arrays"):
+        adam_step(gpu[0], gpu[0], gpu[2], torch.from_numpy(grads[0]).cuda(), 1, 0.01)
 
 
 # ---- world points -------------------------------------------------------------------------------

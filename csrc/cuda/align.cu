@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "monst3r/align.h"
+#include "monst3r/cuda_reduce.h"
 #include "monst3r/kernels.h"
 
 namespace monst3r {
@@ -56,11 +57,6 @@ constexpr bool kFastFp64 = true;
 #else
 constexpr bool kFastFp64 = false;
 #endif
-
-__device__ double warp_sum(double v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)

@@ -5,6 +5,7 @@
 // T; this twin recomputes them and rounds them the same way.
 #include <cuda_runtime.h>
 
+#include "monst3r/cuda_reduce.h"
 #include "monst3r/lm.h"
 
 namespace monst3r {
@@ -14,11 +15,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxAcc = kLmFlowAcc;  // the largest accumulator
 static_assert(kLmEdgeAcc <= kMaxAcc && kLmFrameAcc <= kMaxAcc, "shared rows too short");
-
-__device__ double warp_sum(double v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  return v;
-}
 
 // The device `add` of the header's term functions: every thread of the block calls it with the
 // same sequence of indices (uniform control flow); lane 0 of each warp keeps the warp's sum.

@@ -3,7 +3,8 @@
 The entry points take the arrays themselves (any DLPack producer: torch tensors, CuPy arrays)
 and check device, dtype, shape and layout in C++ (``csrc/include/monst3r/cuda_args.h``); this
 module only finds the device and stream to run on, allocates outputs next to an input and copies
-small host parameters there. Calling a CUDA entry point::
+small host parameters there, with the input's library: torch or CuPy (another producer is a
+TypeError saying so). Calling a CUDA entry point::
 
     with on_device(depth) as stream:
         out = empty_like_shape(depth, (n, h, w, 3))
@@ -47,6 +48,19 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def _library(x: Any) -> str:
+    """``"torch"`` or ``"cupy"``: the library that allocates next to the CUDA array ``x``, or a
+    TypeError for another DLPack producer (JAX, ...), which the wrappers cannot allocate with."""
+    module = type(x).__module__.split(".")[0]
+    if module in ("torch", "cupy"):
+        return module
+    raise TypeError(
+        f"a CUDA array of type {type(x).__module__}.{type(x).__qualname__}: monst3r_rt allocates "
+        "its outputs with torch or CuPy only; pass a torch CUDA tensor or a CuPy array (e.g. "
+        "torch.from_dlpack(x))"
+    )
+
+
 @contextmanager
 def on_device(x: Any) -> Iterator[int]:
     """Make the GPU of the CUDA array ``x`` current in its library and yield the cudaStream_t
@@ -69,8 +83,8 @@ def on_device(x: Any) -> Iterator[int]:
 
 def empty_like_shape(x: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
     """A new array of ``shape`` and ``dtype`` (a NumPy dtype) on the device and library of ``x``
-    (torch or CuPy)."""
-    if _is_torch(x):
+    (torch or CuPy; TypeError for another library)."""
+    if _library(x) == "torch":
         import torch
 
         return torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=x.device)
@@ -81,9 +95,10 @@ def empty_like_shape(x: Any, shape: tuple[int, ...], dtype: Any = np.float32) ->
 
 
 def like(ref: Any, a: np.ndarray) -> Any:
-    """The host array ``a`` copied to the device and library of ``ref`` (torch or CuPy)."""
+    """The host array ``a`` copied to the device and library of ``ref`` (torch or CuPy;
+    TypeError for another library)."""
     a = np.ascontiguousarray(a)
-    if _is_torch(ref):
+    if _library(ref) == "torch":
         import torch
 
         return torch.from_numpy(a).to(ref.device)
@@ -102,9 +117,14 @@ def per_view(ref: Any, x: Any, shape: tuple[int, ...], name: str) -> Any:
     """
     if is_cuda_array(x):
         return x
+    return like(ref, host_per_view(x, shape, name))
+
+
+def host_per_view(x: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The host value ``x`` (scalar, NumPy array, CPU tensor) as a float32 array broadcast to
+    ``shape``, or a ValueError naming ``name``: what :func:`per_view` uploads."""
     arr = np.asarray(x, dtype=np.float32)
     try:
-        arr = np.broadcast_to(arr, shape)
+        return np.broadcast_to(arr, shape)
     except ValueError:
         raise ValueError(f"{name} must broadcast to {shape}, got {arr.shape}") from None
-    return like(ref, arr)

@@ -29,7 +29,14 @@ import cv2
 import numpy as np
 
 from . import _core
-from ._device import empty_like_shape, is_cuda_array, on_device, per_view, require_cuda_kernels
+from ._device import (
+    empty_like_shape,
+    host_per_view,
+    is_cuda_array,
+    on_device,
+    per_view,
+    require_cuda_kernels,
+)
 
 __all__ = [
     "pixel_grid", "intrinsic_matrix",
@@ -324,29 +331,35 @@ def pair_moments(src: Any, dst: Any, weights: Any | None = None, threads: int = 
     if is_cuda_array(src):
         return _pair_moments_cuda(src, dst, weights)
     src, dst = np.asarray(src), np.asarray(dst)
-    if src.shape[-1:] != (3,) or src.shape != dst.shape:
-        raise ValueError(
-            f"pair_moments: src {src.shape} and dst {dst.shape} differ or are not (...,3)"
-        )
-    m = src.size // 3
-    arrays = (src, dst) if weights is None else (src, dst, np.asarray(weights))
+    weights = None if weights is None else np.asarray(weights)
+    m = _pair_count(src.shape, dst.shape, None if weights is None else weights.shape)
+    arrays = (src, dst) if weights is None else (src, dst, weights)
     dt = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
     if weights is not None:
-        weights = np.ascontiguousarray(weights, dt)
-        if weights.size != m:
-            raise ValueError(f"pair_moments: weights must have {m} elements, got {weights.size}")
-        weights = weights.reshape(1, m)
+        weights = np.ascontiguousarray(weights, dt).reshape(1, m)
     x = np.ascontiguousarray(src, dt).reshape(1, m, 3)
     y = np.ascontiguousarray(dst, dt).reshape(1, m, 3)
     return PairMoments.from_array(_core.pair_moments(x, y, weights, threads)[0])
 
 
+def _pair_count(src: tuple, dst: tuple, weights: tuple | None) -> int:
+    """M, the number of pairs, of ``pair_moments``' array shapes, or ValueError naming the
+    array: src (...,3), dst of src's shape, weights of M elements (any shape) or None."""
+    src, dst = tuple(int(s) for s in src), tuple(int(s) for s in dst)
+    if src[-1:] != (3,) or src != dst:
+        raise ValueError(f"pair_moments: src {src} and dst {dst} differ or are not (...,3)")
+    m = int(np.prod(src[:-1], dtype=np.int64))
+    size = None if weights is None else int(np.prod(weights, dtype=np.int64))
+    if size is not None and size != m:
+        raise ValueError(
+            f"pair_moments: weights must have {m} elements (src {src}), got shape {tuple(weights)}"
+        )
+    return m
+
+
 def _pair_moments_cuda(src: Any, dst: Any, weights: Any | None) -> PairMoments:
     require_cuda_kernels("src")
-    shape = tuple(int(s) for s in src.shape)
-    if shape[-1:] != (3,):
-        raise ValueError(f"pair_moments: src must have shape (...,3), got {shape}")
-    m = int(np.prod(shape[:-1]))
+    m = _pair_count(src.shape, dst.shape, None if weights is None else weights.shape)
     with on_device(src) as stream:
         x, y = src.reshape(1, m, 3), dst.reshape(1, m, 3)
         w = None if weights is None else weights.reshape(1, m)
@@ -573,7 +586,8 @@ def world_points(depth: Any, cam_to_world: Any, intrinsics: Any) -> Any:
             (then host poses and intrinsics are copied next to it).
         cam_to_world: (N,4,4) camera-to-world ``[R | t]`` (OpenCV axes: x right, y down,
             z forward); the last row is not read.
-        intrinsics: (N,3,3) ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels (no skew).
+        intrinsics: (N,3,3) ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels (no skew,
+            finite non-zero focals: checked, except for intrinsics already on the GPU).
 
     Returns:
         (N,H,W,3) float32 world points ``R · D·K⁻¹[x, y, 1] + t`` in the unit of ``depth``, on
@@ -585,6 +599,9 @@ def world_points(depth: Any, cam_to_world: Any, intrinsics: Any) -> Any:
     if len(depth.shape) != 3:
         raise ValueError(f"depth must have shape (N,H,W), got {tuple(depth.shape)}")
     n, h, w = (int(s) for s in depth.shape)
+    if not is_cuda_array(intrinsics):  # the CPU twin's rule, before the upload
+        intrinsics = host_per_view(intrinsics, (n, 3, 3), "intrinsics")
+        _core.check_intrinsics(intrinsics)
     with on_device(depth) as stream:
         pose = per_view(depth, cam_to_world, (n, 4, 4), "cam_to_world")
         k = per_view(depth, intrinsics, (n, 3, 3), "intrinsics")

@@ -37,13 +37,14 @@ SOLVERS: dict[str, SolverSupport] = {
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def cuda_unavailable() -> str | None:
+def cuda_unavailable(asked: str = "device='cuda'") -> str | None:
     """Why the alignment's CUDA kernels cannot run here (``_core`` built without CUDA, no torch
-    with CUDA, no usable GPU), or None when they can."""
+    with CUDA, no usable GPU), or None when they can; the reason starts with ``asked`` (the
+    request as the user wrote it)."""
     from .cuda import require_cuda
 
     try:
-        require_cuda()
+        require_cuda(asked)
     except RuntimeError as exc:
         return str(exc)
     return None
@@ -54,7 +55,8 @@ def _resolve_device(device: str, caps: SolverSupport, cli: bool, no_path: str, a
     other = phrase(cli, "device='cpu' or 'auto'", "--device cpu or --device auto")
     if device == "cuda" and not caps.cuda:
         raise ValueError(f"{no_path}: use {other}, or {adam}")
-    reason = cuda_unavailable() if device != "cpu" and caps.cuda else None
+    asked = phrase(cli, "device='cuda'", "--device cuda")
+    reason = cuda_unavailable(asked) if device != "cpu" and caps.cuda else None
     if device == "cuda" and reason is not None:
         raise RuntimeError(f"{reason}; use {other}")
     if device == "auto":
@@ -150,7 +152,9 @@ class AlignConfig:
             no_flow = phrase(cli, "flows=None (Pipeline(flow=None))", "--no-flow")
             raise ValueError(f"{name} does not support the flow term yet: use {no_flow} or {adam}")
         if self.window is not None and not caps.windows:
-            raise ValueError(f"{name} does not support windows yet: use window=None or {adam}")
+            # the command line has no window option: there, only the solver can change
+            fix = phrase(cli, f"window=None or {adam}", adam)
+            raise ValueError(f"{name} does not support windows yet: use {fix}")
         if self.window is not None and not self.shared_focal:
             raise ValueError(
                 "windowed alignment needs shared_focal=True (one focal for the video); "

@@ -20,19 +20,20 @@ from .objective import AlignData, FlowData
 _FRAME, _EDGE, _FLOW = _core.ALIGN_FRAME_BLOCK, _core.ALIGN_EDGE_BLOCK, _core.ALIGN_FLOW_BLOCK
 
 
-def require_cuda() -> Any:
-    """torch with a usable GPU and ``_core`` built with CUDA, or a RuntimeError saying why not."""
+def require_cuda(asked: str = "device='cuda'") -> Any:
+    """torch with a usable GPU and ``_core`` built with CUDA, or a RuntimeError saying why not
+    (starting with ``asked``, the request as the user wrote it: ``--device cuda`` on the CLI)."""
     if not _core.has_cuda:
         reason = _core.build_info()["cuda_reason"]
-        raise RuntimeError(f"device='cuda': monst3r_rt._core has no CUDA kernels ({reason})")
+        raise RuntimeError(f"{asked}: monst3r_rt._core has no CUDA kernels ({reason})")
     try:
         import torch
     except ImportError as exc:
         raise RuntimeError(
-            "device='cuda' needs torch with CUDA: pip install 'monst3r-rt[torch]'"
+            f"{asked} needs torch with CUDA: pip install 'monst3r-rt[torch]'"
         ) from exc
     if not torch.cuda.is_available() or _core.cuda_device_count() == 0:
-        raise RuntimeError(f"device='cuda': no usable GPU ({_core.cuda_status()['reason']})")
+        raise RuntimeError(f"{asked}: no usable GPU ({_core.cuda_status()['reason']})")
     return torch
 
 
