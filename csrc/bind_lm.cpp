@@ -11,45 +11,15 @@
 #include <string>
 #include <vector>
 
+#include "monst3r/host_args.h"
 #include "monst3r/lm.h"
 
 namespace py = pybind11;
 
 namespace {
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << "(";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
-  s << (shape.size() == 1 ? ",)" : ")");
-  return s.str();
-}
-
-std::string array_text(const py::array& a) {
-  std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
-  return std::string(py::str(a.dtype())) + " " + shape_text(shape) +
-         ((a.flags() & py::array::c_style) ? "" : " non-contiguous");
-}
-
-template <typename T>
-const char* dtype_name() {
-  if constexpr (std::is_same_v<T, float>) return "float32";
-  if constexpr (std::is_same_v<T, double>) return "float64";
-  if constexpr (std::is_same_v<T, int64_t>) return "int64";
-  return "uint8";
-}
-
-// The array's data when it is a C-contiguous T array of `shape`, else a ValueError naming it.
-template <typename T>
-const T* lm_checked(const py::array& a, const char* name, const std::vector<int64_t>& shape) {
-  bool ok = py::isinstance<py::array_t<T>>(a) && (a.flags() & py::array::c_style) &&
-            a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
-  if (!ok)
-    throw py::value_error(std::string(name) + ": expected a C-contiguous " + dtype_name<T>() +
-                          " array of shape " + shape_text(shape) + ", got " + array_text(a));
-  return static_cast<const T*>(a.data());
-}
+// The data of a C-contiguous T array of exactly `shape`, else a ValueError naming it.
+using monst3r::host::typed;
 
 // Geometry arguments shared by the kernels, in the order of align_energy_grad.
 struct GeoArgs {
@@ -69,7 +39,8 @@ template <typename T>
 monst3r::AlignProblem<T> make_problem(const GeoArgs& g) {
   if (g.pts_i.ndim() != 4 || g.log_depth.ndim() != 3)
     throw py::value_error("pts_i must be (E,H,W,3) and log_depth (N,H,W), got pts_i " +
-                          array_text(g.pts_i) + ", log_depth " + array_text(g.log_depth));
+                          monst3r::host::shape_of(g.pts_i) + ", log_depth " +
+                          monst3r::host::shape_of(g.log_depth));
   const int64_t e = g.pts_i.shape(0), h = g.pts_i.shape(1), w = g.pts_i.shape(2);
   const int64_t n = g.log_depth.shape(0);
   monst3r::AlignProblem<T> pb;
@@ -77,23 +48,23 @@ monst3r::AlignProblem<T> make_problem(const GeoArgs& g) {
   pb.n_edges = e;
   pb.height = h;
   pb.width = w;
-  pb.edges = lm_checked<int64_t>(g.edges, "edges", {e, 2});
+  pb.edges = typed<int64_t>(g.edges, "edges", {e, 2});
   for (int64_t k = 0; k < 2 * e; ++k)
     if (pb.edges[k] < 0 || pb.edges[k] >= n)
       throw py::value_error("edges: index " + std::to_string(pb.edges[k]) + " outside 0.." +
                             std::to_string(n - 1));
-  pb.pts[0] = lm_checked<T>(g.pts_i, "pts_i", {e, h, w, 3});
-  pb.pts[1] = lm_checked<T>(g.pts_j, "pts_j", {e, h, w, 3});
-  pb.weight[0] = lm_checked<T>(g.w_i, "w_i", {e, h, w});
-  pb.weight[1] = lm_checked<T>(g.w_j, "w_j", {e, h, w});
-  pb.log_depth = lm_checked<T>(g.log_depth, "log_depth", {n, h, w});
-  pb.rot = lm_checked<T>(g.rot, "rot", {n, 3, 3});
-  pb.trans = lm_checked<T>(g.trans, "trans", {n, 3});
-  pb.focal = lm_checked<T>(g.focal, "focal", {n});
-  pb.pp = lm_checked<T>(g.pp, "pp", {n, 2});
-  pb.edge_rot = lm_checked<T>(g.edge_rot, "edge_rot", {e, 3, 3});
-  pb.edge_trans = lm_checked<T>(g.edge_trans, "edge_trans", {e, 3});
-  pb.edge_scale = lm_checked<T>(g.edge_scale, "edge_scale", {e});
+  pb.pts[0] = typed<T>(g.pts_i, "pts_i", {e, h, w, 3});
+  pb.pts[1] = typed<T>(g.pts_j, "pts_j", {e, h, w, 3});
+  pb.weight[0] = typed<T>(g.w_i, "w_i", {e, h, w});
+  pb.weight[1] = typed<T>(g.w_j, "w_j", {e, h, w});
+  pb.log_depth = typed<T>(g.log_depth, "log_depth", {n, h, w});
+  pb.rot = typed<T>(g.rot, "rot", {n, 3, 3});
+  pb.trans = typed<T>(g.trans, "trans", {n, 3});
+  pb.focal = typed<T>(g.focal, "focal", {n});
+  pb.pp = typed<T>(g.pp, "pp", {n, 2});
+  pb.edge_rot = typed<T>(g.edge_rot, "edge_rot", {e, 3, 3});
+  pb.edge_trans = typed<T>(g.edge_trans, "edge_trans", {e, 3});
+  pb.edge_scale = typed<T>(g.edge_scale, "edge_scale", {e});
   return pb;
 }
 
@@ -119,17 +90,17 @@ monst3r::LmOptions apply_extras(monst3r::AlignProblem<T>& pb, const Extras& x) {
       if (o->is_none())
         throw py::value_error(
             "the flow term needs all of flow_ij, flow_ji, static_mask, flow_rot, flow_trans");
-    pb.flow[0] = lm_checked<T>(ndarray(x.flow_ij, "flow_ij"), "flow_ij", {e, 2, h, w});
-    pb.flow[1] = lm_checked<T>(ndarray(x.flow_ji, "flow_ji"), "flow_ji", {e, 2, h, w});
-    pb.static_mask = lm_checked<T>(ndarray(x.static_mask, "static_mask"), "static_mask", {n, h, w});
-    pb.flow_rot = lm_checked<T>(ndarray(x.flow_rot, "flow_rot"), "flow_rot", {e, 2, 3, 3});
-    pb.flow_trans = lm_checked<T>(ndarray(x.flow_trans, "flow_trans"), "flow_trans", {e, 2, 3});
+    pb.flow[0] = typed<T>(ndarray(x.flow_ij, "flow_ij"), "flow_ij", {e, 2, h, w});
+    pb.flow[1] = typed<T>(ndarray(x.flow_ji, "flow_ji"), "flow_ji", {e, 2, h, w});
+    pb.static_mask = typed<T>(ndarray(x.static_mask, "static_mask"), "static_mask", {n, h, w});
+    pb.flow_rot = typed<T>(ndarray(x.flow_rot, "flow_rot"), "flow_rot", {e, 2, 3, 3});
+    pb.flow_trans = typed<T>(ndarray(x.flow_trans, "flow_trans"), "flow_trans", {e, 2, 3});
     pb.pixel_thr = static_cast<T>(x.pixel_thr);
     opt.flow_scale[0] = x.flow_scale[0];
     opt.flow_scale[1] = x.flow_scale[1];
   }
   if (!x.frozen.is_none())
-    opt.frozen = lm_checked<uint8_t>(ndarray(x.frozen, "frozen"), "frozen", {n});
+    opt.frozen = typed<uint8_t>(ndarray(x.frozen, "frozen"), "frozen", {n});
   return opt;
 }
 
@@ -159,8 +130,8 @@ py::array_t<T> backsub_impl(const GeoArgs& g, const Extras& x, double eps, const
   const auto opt = apply_extras(pb, x);
   const int64_t n = pb.n_frames, e = pb.n_edges, h = pb.height, w = pb.width;
   py::array_t<T> dl({n, h, w});
-  monst3r::LmBacksub<T> bs{lm_checked<double>(dframe, "dframe", {n, monst3r::kLmFrameVars}),
-                           lm_checked<double>(dedge, "dedge", {e, monst3r::kLmEdgeVars}),
+  monst3r::LmBacksub<T> bs{typed<double>(dframe, "dframe", {n, monst3r::kLmFrameVars}),
+                           typed<double>(dedge, "dedge", {e, monst3r::kLmEdgeVars}),
                            dl.mutable_data()};
   {
     py::gil_scoped_release release;
