@@ -21,21 +21,30 @@ constexpr int kFrameGrad = 13;
 // Per-edge gradient block: dR_e (9), dt_e (3), dσ_e (1).
 constexpr int kEdgeGrad = 13;
 
-// Residual of one pixel with depth d = exp(log_depth). Returns w·‖X − Y‖ and writes:
-//   g  = w·(X − Y)/‖X − Y‖ (0 where X = Y), the gradient of the term with respect to X,
-//   c  = camera point, rc = R_v c, rp = R_e pred.
+// The view side of one pixel with depth d = exp(log_depth): camera point c, rc = R_v c and the
+// world point X = R_v c + T_v. It depends on the frame only, not on the edge: the CPU loop
+// computes it once per frame and pixel for all incident edges.
 template <typename T>
-MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv,
-                            const T* Re, const T* te, T sigma, const T* pred, T w, T* g, T* c,
-                            T* rc, T* rp) {
+MONST3R_HD void align_view_point(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv, T* c,
+                                 T* rc, T* X) {
   c[0] = d * (x - cx) / f;
   c[1] = d * (y - cy) / f;
   c[2] = d;
-  T r[3];
   for (int k = 0; k < 3; ++k) {
     rc[k] = R[3 * k] * c[0] + R[3 * k + 1] * c[1] + R[3 * k + 2] * c[2];
+    X[k] = rc[k] + Tv[k];
+  }
+}
+
+// The edge side of one pixel: returns w·‖X − Y‖ and writes g = w·(X − Y)/‖X − Y‖ (0 where
+// X = Y), the gradient of the term with respect to X, and rp = R_e pred.
+template <typename T>
+MONST3R_HD T align_edge_residual(const T* X, const T* Re, const T* te, T sigma, const T* pred, T w,
+                                 T* g, T* rp) {
+  T r[3];
+  for (int k = 0; k < 3; ++k) {
     rp[k] = Re[3 * k] * pred[0] + Re[3 * k + 1] * pred[1] + Re[3 * k + 2] * pred[2];
-    r[k] = (rc[k] + Tv[k]) - (sigma * rp[k] + te[k]);
+    r[k] = X[k] - (sigma * rp[k] + te[k]);
   }
   const T norm = m_sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
   const T scale = norm > T(0) ? w / norm : T(0);
@@ -43,31 +52,61 @@ MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T*
   return w * norm;
 }
 
-// Accumulate one pixel's gradient. Returns d(term)/d(log_depth) for the pixel.
-//   frame: kFrameGrad values of view v, edge: kEdgeGrad values of edge e.
-template <typename T, typename A>
-MONST3R_HD T align_accumulate(const T* g, const T* c, const T* rc, const T* rp, const T* R,
-                              const T* pred, T sigma, T f, A* frame, A* edge) {
+// Residual of one pixel with depth d = exp(log_depth) (view side, then edge side). Returns
+// w·‖X − Y‖ and writes g (see align_edge_residual), c = camera point, rc = R_v c, rp = R_e pred.
+template <typename T>
+MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv,
+                            const T* Re, const T* te, T sigma, const T* pred, T w, T* g, T* c,
+                            T* rc, T* rp) {
+  T X[3];
+  align_view_point(x, y, d, f, cx, cy, R, Tv, c, rc, X);
+  return align_edge_residual(X, Re, te, sigma, pred, w, g, rp);
+}
+
+// Both accumulators below are linear in g, so g may also be the sum of the g of several edges
+// at one pixel (the CPU loop sums them per pixel and accumulates the frame block once).
+// `frame` / `edge`: anything indexable whose elements take += / −= of a T (a pointer, or a
+// strided view of per-lane sums).
+
+// Frame block of one pixel's gradient (kFrameGrad values of view v). Returns d(term)/d(log_depth).
+template <typename T, typename F>
+MONST3R_HD T align_accumulate_frame(const T* g, const T* c, const T* rc, const T* R, T f,
+                                    F frame) {
   for (int a = 0; a < 3; ++a) {
-    for (int b = 0; b < 3; ++b) {
-      frame[3 * a + b] += g[a] * c[b];
-      edge[3 * a + b] -= sigma * g[a] * pred[b];
-    }
+    for (int b = 0; b < 3; ++b) frame[3 * a + b] += g[a] * c[b];
     frame[9 + a] += g[a];
-    edge[9 + a] -= g[a];
   }
   // dc/df = (−c_x/f, −c_y/f, 0)  ⇒  dX/df = −(R[:,0] c_x + R[:,1] c_y)/f
-  T gdf = T(0), gdl = T(0), gs = T(0);
+  T gdf = T(0), gdl = T(0);
   for (int a = 0; a < 3; ++a) {
     gdf -= g[a] * (R[3 * a] * c[0] + R[3 * a + 1] * c[1]);
     gdl += g[a] * rc[a];  // dX/dlog_d = R c
-    gs -= g[a] * rp[a];
   }
   frame[12] += gdf / f;
-  edge[12] += gs;
   return gdl;
 }
 
+// Edge block of one pixel's gradient (kEdgeGrad values of edge e).
+template <typename T, typename E>
+MONST3R_HD void align_accumulate_edge(const T* g, const T* rp, const T* pred, T sigma, E edge) {
+  T gs = T(0);
+  for (int a = 0; a < 3; ++a) {
+    const T sg = sigma * g[a];
+    for (int b = 0; b < 3; ++b) edge[3 * a + b] -= sg * pred[b];
+    edge[9 + a] -= g[a];
+    gs -= g[a] * rp[a];
+  }
+  edge[12] += gs;
+}
+
+// Accumulate one pixel's gradient into the blocks of view v (frame) and edge e (edge). Returns
+// d(term)/d(log_depth) for the pixel.
+template <typename T, typename F, typename E>
+MONST3R_HD T align_accumulate(const T* g, const T* c, const T* rc, const T* rp, const T* R,
+                              const T* pred, T sigma, T f, F frame, E edge) {
+  align_accumulate_edge(g, rp, pred, sigma, edge);
+  return align_accumulate_frame(g, c, rc, R, f, frame);
+}
 
 // Per (edge, direction) gradient block of the flow term: dR_rel (9), dt_rel (3), df_src, df_tgt.
 constexpr int kFlowGrad = 14;
@@ -76,15 +115,18 @@ constexpr int kFlowGrad = 14;
 // spec §4.5). The source view s holds the pixel; the target view t is the other view of the edge:
 //   ego = ego_flow_pixel(...) (monst3r/egoflow.h),  d_c = (ego_c − meas_c)·m  (m = static mask),
 //   loss_c = 0.5 d² if |d| < 1 else |d| − 0.5, kept when loss_c < thr.
-// Returns the kept loss; adds the kept static entries to *count; accumulates the gradient of the kept
-// loss into acc (kFlowGrad) and returns d/dlog_depth through *g_logd.
+// This form takes what depends on the source view only, computed once for all its edges: the ray
+// p = ego_flow_ray(x, y, fs, cxs, cys) and the disparity s = 1/(d + 1e-6).
+// Returns the kept loss; adds the kept static entries to *count; accumulates the gradient of the
+// kept loss into acc (kFlowGrad, indexable like align_accumulate's blocks) except acc[12]
+// (d/dfs), whose numerator goes to *g_focal instead (d/dfs = *g_focal / fs: a loop divides its
+// sum once); returns d/dlog_depth through *g_logd.
 template <typename T, typename A>
-MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
-                           const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
-                           T* count, A* acc, T* g_logd) {
-  const T s = T(1) / (d + T(1e-6));
-  T p[3], a[3], q[3], ego[2];
-  const T zinv = ego_flow_pixel(x, y, s, fs, cxs, cys, ft, cxt, cyt, Rrel, trel, p, a, q, ego);
+MONST3R_HD T flow_residual_ray(T x, T y, const T* p, T s, T d, T ft, T cxt, T cyt, const T* Rrel,
+                               const T* trel, T meas_x, T meas_y, T mask, T thr, T* count, A acc,
+                               T* g_logd, T* g_focal) {
+  T a[3], q[3], ego[2];
+  const T zinv = ego_flow_from_ray(x, y, p, s, ft, cxt, cyt, Rrel, trel, a, q, ego);
   const T meas[2] = {meas_x, meas_y};
   T loss = T(0), g[2];
   for (int c = 0; c < 2; ++c) {  // branch-free (selects only) so that CPU loops vectorise
@@ -109,9 +151,23 @@ MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt
     gp0 += Rrel[3 * k] * ga[k];
     gp1 += Rrel[3 * k + 1] * ga[k];
   }
-  acc[12] -= (gp0 * p[0] + gp1 * p[1]) / fs;
+  *g_focal = -(gp0 * p[0] + gp1 * p[1]);
   acc[13] += gq[0] * a[0] + gq[1] * a[1];
   *g_logd = -gs * s * s * d;
+  return loss;
+}
+
+// Flow term of one pixel (see flow_residual_ray) from the pixel (x, y) and its depth d.
+// Accumulates all kFlowGrad values into acc.
+template <typename T, typename A>
+MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
+                           const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
+                           T* count, A acc, T* g_logd) {
+  T p[3], g_focal;
+  ego_flow_ray(x, y, fs, cxs, cys, p);
+  const T loss = flow_residual_ray(x, y, p, T(1) / (d + T(1e-6)), d, ft, cxt, cyt, Rrel, trel,
+                                   meas_x, meas_y, mask, thr, count, acc, g_logd, &g_focal);
+  acc[12] += g_focal / fs;
   return loss;
 }
 }  // namespace monst3r
