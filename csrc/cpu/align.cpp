@@ -2,13 +2,14 @@
 // per-pixel log-depth gradient is owned by one task. Per task:
 //   1. view pass: what depends on the frame only (depth, camera and world points, flow rays),
 //      once per pixel for all incident edges;
-//   2. one pass per incident (edge, side): residual, edge block, and the pixel's g summed over
-//      the edges (G); the flow term's pass when there is one;
-//   3. frame pass: the frame block and the log-depth gradient from G (both linear in g).
-// Block sums run in kLanes fixed lanes (pixel k of a chunk goes to lane k mod kLanes, whatever
-// the vector width the CPU has), each (edge, side, chunk) total is added in double to
-// thread-local buffers, reduced at the end.
+//   2. one pass per incident (edge, side): residual, edge moments, and the pixel's gradient g
+//      summed over the edges (G); then the flow term's pass when there is one;
+//   3. frame pass: the frame moments and the log-depth gradient from G (both linear in g).
+// Moments (monst3r/align.h) are summed in kLanes fixed lanes (pixel k of a chunk goes to lane
+// k mod kLanes whatever the CPU's vector width), each (edge, side, chunk) total is added in
+// double to thread-local buffers, reduced at the end and mapped to the gradient blocks once.
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -23,7 +24,7 @@ namespace monst3r {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int64_t kChunk = 1024;  // pixels per task, a multiple of kLanes
+constexpr int64_t kChunk = 2048;  // pixels per task, a multiple of kLanes
 static_assert(kChunk % kLanes == 0, "chunks hold whole lane blocks");
 
 // Per-lane sums of K values: value k of lane l at v[k·kLanes + l].
@@ -69,12 +70,16 @@ template <typename T>
 struct ViewBuf {
   std::vector<T> mem;
   T *xs, *ys, *depth, *c[3], *rc[3], *X[3], *G[3], *ray[2], *disp, *glf[2];
-  ViewBuf() : mem(20 * kChunk) {
+  // Arrays kStride apart, not a power of two: arrays 4 KiB apart would all fall in the same
+  // sets of a set-associative L1 cache and evict each other.
+  static constexpr int64_t kStride = kChunk + 64 / sizeof(T);
+  ViewBuf() : mem(20 * kStride + 64 / sizeof(T)) {
     T* m = mem.data();
+    while (reinterpret_cast<uintptr_t>(m) % 64 != 0) ++m;  // cache-line aligned
     for (T** p : {&xs, &ys, &depth, &c[0], &c[1], &c[2], &rc[0], &rc[1], &rc[2], &X[0], &X[1],
                   &X[2], &G[0], &G[1], &G[2], &ray[0], &ray[1], &disp, &glf[0], &glf[1]}) {
       *p = m;
-      m += kChunk;
+      m += kStride;
     }
   }
 };
@@ -105,8 +110,9 @@ struct FlowArgs {
   T* glf;
 };
 
-constexpr int kEdgeSums = kEdgeGrad + 1;  // + energy
-constexpr int kFlowSums = kFlowGrad + 2;  // + kept count, kept loss
+// Lane sums of each pass: its moments, then the energy (edge) or the kept count and loss (flow).
+constexpr int kEdgeSums = kEdgeMoments + 1;
+constexpr int kFlowSums = kFlowMoments + 2;
 
 template <typename T>
 __attribute__((always_inline)) inline void view_body(const ViewArgs<T>& a, ViewBuf<T>& b) {
@@ -160,11 +166,19 @@ __attribute__((always_inline)) inline void view_body(const ViewArgs<T>& a, ViewB
   });
 }
 
+// Adds the K values of m to the first K values of lane l.
+template <int K, typename T, int N>
+__attribute__((always_inline)) inline void add_lane(LaneSums<T, N>& s, int l, const T* m) {
+  static_assert(K <= N, "more values than sums");
+  auto acc = s.lane(l);
+  for (int k = 0; k < K; ++k) acc[k] += m[k];
+}
+
 template <typename T>
 __attribute__((always_inline)) inline void edge_body(const EdgeArgs<T>& a, ViewBuf<T>& b,
                                                      double* sums) {
   LaneSums<T, kEdgeSums> s;  // local: the compiler may keep the lanes in registers
-  // local copies: the accumulator stores could alias the inputs for all the compiler knows
+  // local copies: the stores could alias the inputs for all the compiler knows
   T Re[9], te[3];
   std::copy(a.Re, a.Re + 9, Re);
   std::copy(a.te, a.te + 3, te);
@@ -172,10 +186,10 @@ __attribute__((always_inline)) inline void edge_body(const EdgeArgs<T>& a, ViewB
   lane_loop(a.len, [&](int64_t k, int l) __attribute__((always_inline)) {
     const T X[3] = {b.X[0][k], b.X[1][k], b.X[2][k]};
     const T pred[3] = {a.pts[3 * k], a.pts[3 * k + 1], a.pts[3 * k + 2]};
-    T g[3], rp[3];
-    auto acc = s.lane(l);
-    acc[kEdgeGrad] += align_edge_residual(X, Re, te, sigma, pred, a.wts[k], g, rp);
-    align_accumulate_edge(g, rp, pred, sigma, acc);
+    T g[3], m[kEdgeMoments];
+    s.lane(l)[kEdgeMoments] += align_edge_residual(X, Re, te, sigma, pred, a.wts[k], g);
+    align_edge_moments(g, pred, m);
+    add_lane<kEdgeMoments>(s, l, m);
     for (int i = 0; i < 3; ++i) b.G[i][k] += g[i];
   });
   s.totals(sums);
@@ -193,12 +207,12 @@ __attribute__((always_inline)) inline void flow_body(const FlowArgs<T>& a, ViewB
     const T p[3] = {b.ray[0][k], b.ray[1][k], T(1)};
     const T x = b.xs[k], y = b.ys[k], disp = b.disp[k], d = b.depth[k];
     const T mx = a.mx[k], my = a.my[k], mask = a.mask[k];
-    T g_logd, g_focal, kept = T(0);
-    auto acc = s.lane(l);
-    acc[kFlowGrad + 1] += flow_residual_ray(x, y, p, disp, d, ft, cxt, cyt, Rrel, trel, mx, my,
-                                            mask, thr, &kept, acc, &g_logd, &g_focal);
-    acc[12] += g_focal;  // divided by fs once, after the chunk
-    acc[kFlowGrad] += kept;
+    T m[kFlowMoments + 1], g_logd;
+    m[kFlowMoments] = T(0);  // kept count
+    s.lane(l)[kFlowMoments + 1] += flow_residual_ray(x, y, p, disp, d, ft, cxt, cyt, Rrel, trel,
+                                                     mx, my, mask, thr, m + kFlowMoments, m,
+                                                     &g_logd);
+    add_lane<kFlowMoments + 1>(s, l, m);
     a.glf[k] += g_logd;
   });
   s.totals(sums);
@@ -207,23 +221,24 @@ __attribute__((always_inline)) inline void flow_body(const FlowArgs<T>& a, ViewB
 template <typename T>
 __attribute__((always_inline)) inline void frame_body(const ViewArgs<T>& a, const ViewBuf<T>& b,
                                                       T* gl, double* sums) {
-  LaneSums<T, kFrameGrad> s;
-  T R[9];
-  std::copy(a.R, a.R + 9, R);
-  const T f = a.f;
+  LaneSums<T, kFrameMoments> s;
   lane_loop(a.len, [&](int64_t k, int l) __attribute__((always_inline)) {
     const T G[3] = {b.G[0][k], b.G[1][k], b.G[2][k]};
     const T c[3] = {b.c[0][k], b.c[1][k], b.c[2][k]};
     const T rc[3] = {b.rc[0][k], b.rc[1][k], b.rc[2][k]};
-    gl[k] = align_accumulate_frame(G, c, rc, R, f, s.lane(l));
+    T m[kFrameMoments];
+    gl[k] = align_frame_moments(G, c, rc, m);
+    add_lane<kFrameMoments>(s, l, m);
   });
   s.totals(sums);
 }
 
-// On x86-64 GCC also emits an AVX2/FMA clone of each pass, chosen at load time (the wheel
-// itself stays baseline x86-64); the fixed lanes keep the results the same in both.
+// On x86-64 GCC also emits AVX-512 (x86-64-v4) and AVX2/FMA (x86-64-v3) clones of each pass,
+// chosen at load time (the wheel itself stays baseline x86-64). The fixed lanes give all clones
+// the same summation order; the FMA clones round fused products unlike the baseline one.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MONST3R_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define MONST3R_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MONST3R_CLONES
 #endif
@@ -244,13 +259,13 @@ MONST3R_ALIGN_PASSES(float)
 MONST3R_ALIGN_PASSES(double)
 #undef MONST3R_ALIGN_PASSES
 
-// Thread-local double sums of every block.
+// Thread-local double sums of the moments of every block.
 struct Totals {
   std::vector<double> frame, edge, flow;
   double energy = 0.0, flow_stats[4] = {0.0, 0.0, 0.0, 0.0};
   Totals(int64_t n, int64_t e, bool with_flow)
-      : frame(n * kFrameGrad, 0.0), edge(e * kEdgeGrad, 0.0),
-        flow(with_flow ? e * 2 * kFlowGrad : 0, 0.0) {}
+      : frame(n * kFrameMoments, 0.0), edge(e * kEdgeMoments, 0.0),
+        flow(with_flow ? e * 2 * kFlowMoments : 0, 0.0) {}
   void add(const Totals& o) {
     for (size_t k = 0; k < frame.size(); ++k) frame[k] += o.frame[k];
     for (size_t k = 0; k < edge.size(); ++k) edge[k] += o.edge[k];
@@ -267,18 +282,18 @@ void align_task(const AlignProblem<T>& pb, const AlignGrad<T>& out,
                 int64_t p0, int64_t len, ViewBuf<T>& buf, Totals& tot) {
   const int64_t hw = pb.height * pb.width;
   const bool with_flow = pb.flow[0] != nullptr;
-  const T f = pb.focal[v], cx = pb.pp[2 * v], cy = pb.pp[2 * v + 1];
-  const ViewArgs<T> va{p0, len, pb.width, pb.log_depth + v * hw + p0, f, cx, cy,
-                       pb.rot + 9 * v, pb.trans + 3 * v, with_flow};
+  const ViewArgs<T> va{p0, len, pb.width, pb.log_depth + v * hw + p0, pb.focal[v],
+                       pb.pp[2 * v], pb.pp[2 * v + 1], pb.rot + 9 * v, pb.trans + 3 * v,
+                       with_flow};
   view_pass(va, buf);
   double sums[kFlowSums];
   for (const auto& [e, side] : incident[v]) {
     const EdgeArgs<T> ea{pb.edge_rot + 9 * e, pb.edge_trans + 3 * e, pb.edge_scale[e],
                          pb.pts[side] + (e * hw + p0) * 3, pb.weight[side] + e * hw + p0, len};
     edge_pass(ea, buf, sums);
-    double* eacc = tot.edge.data() + e * kEdgeGrad;
-    for (int k = 0; k < kEdgeGrad; ++k) eacc[k] += sums[k];
-    tot.energy += sums[kEdgeGrad];
+    double* eacc = tot.edge.data() + e * kEdgeMoments;
+    for (int k = 0; k < kEdgeMoments; ++k) eacc[k] += sums[k];
+    tot.energy += sums[kEdgeMoments];
     if (!with_flow) continue;
     const int64_t other = pb.edges[2 * e + 1 - side];
     const T* meas = pb.flow[side] + e * 2 * hw + p0;
@@ -287,19 +302,46 @@ void align_task(const AlignProblem<T>& pb, const AlignGrad<T>& out,
                          meas, meas + hw, pb.static_mask + v * hw + p0, pb.pixel_thr, len,
                          buf.glf[side]};
     flow_pass(fa, buf, sums);
-    double* facc = tot.flow.data() + (2 * e + side) * kFlowGrad;
-    sums[12] /= static_cast<double>(f);  // d/dfs = Σ g_focal / fs, fs = f of this view
-    for (int k = 0; k < kFlowGrad; ++k) facc[k] += sums[k];
-    tot.flow_stats[2 * side] += sums[kFlowGrad + 1];
-    tot.flow_stats[2 * side + 1] += sums[kFlowGrad];
+    double* facc = tot.flow.data() + (2 * e + side) * kFlowMoments;
+    for (int k = 0; k < kFlowMoments; ++k) facc[k] += sums[k];
+    tot.flow_stats[2 * side + 1] += sums[kFlowMoments];
+    tot.flow_stats[2 * side] += sums[kFlowMoments + 1];
   }
   frame_pass(va, buf, out.grad_log_depth + v * hw + p0, sums);
-  double* facc = tot.frame.data() + v * kFrameGrad;
-  for (int k = 0; k < kFrameGrad; ++k) facc[k] += sums[k];
+  double* facc = tot.frame.data() + v * kFrameMoments;
+  for (int k = 0; k < kFrameMoments; ++k) facc[k] += sums[k];
   if (with_flow) {
     for (int d = 0; d < 2; ++d)
-      std::copy(buf.glf[d], buf.glf[d] + len, out.grad_log_depth_flow + (d * pb.n_frames + v) * hw + p0);
+      std::copy(buf.glf[d], buf.glf[d] + len,
+                out.grad_log_depth_flow + (d * pb.n_frames + v) * hw + p0);
   }
+}
+
+// The blocks from the summed moments (in double), rounded to T.
+template <typename T>
+void write_blocks(const AlignProblem<T>& pb, const Totals& total, const AlignGrad<T>& out) {
+  double block[kFlowGrad];
+  auto put = [&block](T* dst, int count) {
+    for (int k = 0; k < count; ++k) dst[k] = static_cast<T>(block[k]);
+  };
+  for (int64_t v = 0; v < pb.n_frames; ++v) {
+    align_frame_block(pb.rot + 9 * v, static_cast<double>(pb.focal[v]),
+                      total.frame.data() + v * kFrameMoments, block);
+    put(out.grad_frame + v * kFrameGrad, kFrameGrad);
+  }
+  for (int64_t e = 0; e < pb.n_edges; ++e) {
+    align_edge_block(pb.edge_rot + 9 * e, static_cast<double>(pb.edge_scale[e]),
+                     total.edge.data() + e * kEdgeMoments, block);
+    put(out.grad_edge + e * kEdgeGrad, kEdgeGrad);
+  }
+  *out.energy = total.energy;
+  if (pb.flow[0] == nullptr) return;
+  for (int64_t es = 0; es < 2 * pb.n_edges; ++es) {  // (edge, side); fs = f of the side's view
+    flow_block(pb.flow_rot + 9 * es, static_cast<double>(pb.focal[pb.edges[es]]),
+               total.flow.data() + es * kFlowMoments, block);
+    put(out.grad_flow + es * kFlowGrad, kFlowGrad);
+  }
+  for (int k = 0; k < 4; ++k) out.flow_stats[k] = total.flow_stats[k];
 }
 
 }  // namespace
@@ -332,13 +374,7 @@ void align_energy_grad_cpu(const AlignProblem<T>& pb, const AlignGrad<T>& out) {
 #pragma omp critical
     total.add(tot);
   }
-  for (size_t k = 0; k < total.frame.size(); ++k) out.grad_frame[k] = static_cast<T>(total.frame[k]);
-  for (size_t k = 0; k < total.edge.size(); ++k) out.grad_edge[k] = static_cast<T>(total.edge[k]);
-  *out.energy = total.energy;
-  if (with_flow) {
-    for (size_t k = 0; k < total.flow.size(); ++k) out.grad_flow[k] = static_cast<T>(total.flow[k]);
-    for (int k = 0; k < 4; ++k) out.flow_stats[k] = total.flow_stats[k];
-  }
+  write_blocks(pb, total, out);
 }
 
 template void align_energy_grad_cpu<float>(const AlignProblem<float>&, const AlignGrad<float>&);
