@@ -46,11 +46,28 @@ struct LaneSums {
   }
 };
 
-// Runs body(k, l) for the pixels k of a chunk of `len`, whole lane blocks vectorised.
-template <typename Body>
-__attribute__((always_inline)) inline void lane_loop(int64_t len, Body&& body) {
+// Prefetch distance of the streamed inputs, in pixels: each (edge, side) of a task is a short
+// stream (one chunk), too short for the hardware prefetcher to ramp up on its own (measured:
+// 10–25 % off the kernel at 128–512 pixels on a Zen 4 core).
+constexpr int64_t kPrefetch = 256;
+
+// Prefetches for reading the cache lines of the n values from base[i] on (a prefetch never
+// faults; the addresses are formed as integers as they may run past the end of the array).
+template <int n, typename T>
+__attribute__((always_inline)) inline void prefetch(const T* base, int64_t i) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(base) + i * sizeof(T);
+  for (uintptr_t o = 0; o < n * sizeof(T); o += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(a + o));
+}
+
+// Runs body(k, l) for the pixels k of a chunk of `len`, whole lane blocks vectorised. Before the
+// block of pixels k0.., pre(k0 + kPrefetch) prefetches the inputs of pixel k0 + kPrefetch.. (past
+// the chunk: the next chunk of the frame, most often the next task of this thread).
+template <typename Body, typename Pre>
+__attribute__((always_inline)) inline void lane_loop(int64_t len, Body&& body, Pre&& pre) {
   int64_t k0 = 0;
   for (; k0 + kLanes <= len; k0 += kLanes) {
+    pre(k0 + kPrefetch);
 #pragma omp simd
     for (int l = 0; l < kLanes; ++l) body(k0 + l, l);
   }
@@ -191,6 +208,9 @@ __attribute__((always_inline)) inline void edge_body(const EdgeArgs<T>& a, ViewB
     align_edge_moments(g, pred, m);
     add_lane<kEdgeMoments>(s, l, m);
     for (int i = 0; i < 3; ++i) b.G[i][k] += g[i];
+  }, [&](int64_t k) __attribute__((always_inline)) {
+    prefetch<3 * kLanes>(a.pts, 3 * k);
+    prefetch<kLanes>(a.wts, k);
   });
   s.totals(sums);
 }
@@ -214,6 +234,9 @@ __attribute__((always_inline)) inline void flow_body(const FlowArgs<T>& a, ViewB
                                                      &g_logd);
     add_lane<kFlowMoments + 1>(s, l, m);
     a.glf[k] += g_logd;
+  }, [&](int64_t k) __attribute__((always_inline)) {
+    prefetch<kLanes>(a.mx, k);
+    prefetch<kLanes>(a.my, k);
   });
   s.totals(sums);
 }
@@ -229,7 +252,7 @@ __attribute__((always_inline)) inline void frame_body(const ViewArgs<T>& a, cons
     T m[kFrameMoments];
     gl[k] = align_frame_moments(G, c, rc, m);
     add_lane<kFrameMoments>(s, l, m);
-  });
+  }, [](int64_t) {});
   s.totals(sums);
 }
 
