@@ -100,10 +100,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     const T wp = wts[p];
     if (wp == T(0)) continue;
-    T g[3], c[3], rc[3], rp[3];
+    T g[3], c[3], rc[3];
     acc[kSums - 1] += align_residual(x, y, d, f, cx, cy, R, Tv, Re, te, sigma, pts + 3 * p, wp,
-                                     g, c, rc, rp);
-    const T gd = align_accumulate(g, c, rc, rp, R, pts + 3 * p, sigma, f, acc, acc + kFrameGrad);
+                                     g, c, rc);
+    const T gd = align_accumulate(g, c, rc, Re, R, pts + 3 * p, sigma, f, acc, acc + kFrameGrad);
     atomicAdd(gl + p, gd);
   }
 

@@ -21,21 +21,30 @@ constexpr int kFrameGrad = 13;
 // Per-edge gradient block: dR_e (9), dt_e (3), dσ_e (1).
 constexpr int kEdgeGrad = 13;
 
-// Residual of one pixel with depth d = exp(log_depth). Returns w·‖X − Y‖ and writes:
-//   g  = w·(X − Y)/‖X − Y‖ (0 where X = Y), the gradient of the term with respect to X,
-//   c  = camera point, rc = R_v c, rp = R_e pred.
+// The view side of one pixel with depth d = exp(log_depth): camera point c, rc = R_v c and the
+// world point X = R_v c + T_v. It depends on the frame only, not on the edge: the CPU loop
+// computes it once per frame and pixel for all incident edges.
 template <typename T>
-MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv,
-                            const T* Re, const T* te, T sigma, const T* pred, T w, T* g, T* c,
-                            T* rc, T* rp) {
+MONST3R_HD void align_view_point(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv, T* c,
+                                 T* rc, T* X) {
   c[0] = d * (x - cx) / f;
   c[1] = d * (y - cy) / f;
   c[2] = d;
-  T r[3];
   for (int k = 0; k < 3; ++k) {
     rc[k] = R[3 * k] * c[0] + R[3 * k + 1] * c[1] + R[3 * k + 2] * c[2];
-    rp[k] = Re[3 * k] * pred[0] + Re[3 * k + 1] * pred[1] + Re[3 * k + 2] * pred[2];
-    r[k] = (rc[k] + Tv[k]) - (sigma * rp[k] + te[k]);
+    X[k] = rc[k] + Tv[k];
+  }
+}
+
+// The edge side of one pixel: returns w·‖X − Y‖ and writes g = w·(X − Y)/‖X − Y‖ (0 where
+// X = Y), the gradient of the term with respect to X.
+template <typename T>
+MONST3R_HD T align_edge_residual(const T* X, const T* Re, const T* te, T sigma, const T* pred, T w,
+                                 T* g) {
+  T r[3];
+  for (int k = 0; k < 3; ++k) {
+    const T rp = Re[3 * k] * pred[0] + Re[3 * k + 1] * pred[1] + Re[3 * k + 2] * pred[2];
+    r[k] = X[k] - (sigma * rp + te[k]);
   }
   const T norm = m_sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
   const T scale = norm > T(0) ? w / norm : T(0);
@@ -43,53 +52,123 @@ MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T*
   return w * norm;
 }
 
-// Accumulate one pixel's gradient. Returns d(term)/d(log_depth) for the pixel.
-//   frame: kFrameGrad values of view v, edge: kEdgeGrad values of edge e.
-template <typename T, typename A>
-MONST3R_HD T align_accumulate(const T* g, const T* c, const T* rc, const T* rp, const T* R,
-                              const T* pred, T sigma, T f, A* frame, A* edge) {
+// Residual of one pixel with depth d = exp(log_depth) (view side, then edge side). Returns
+// w·‖X − Y‖ and writes g (see align_edge_residual), c = camera point and rc = R_v c.
+template <typename T>
+MONST3R_HD T align_residual(T x, T y, T d, T f, T cx, T cy, const T* R, const T* Tv,
+                            const T* Re, const T* te, T sigma, const T* pred, T w, T* g, T* c,
+                            T* rc) {
+  T X[3];
+  align_view_point(x, y, d, f, cx, cy, R, Tv, c, rc, X);
+  return align_edge_residual(X, Re, te, sigma, pred, w, g);
+}
+
+// Gradient blocks. Each block is a linear map of per-pixel "moments" (outer products of the
+// pixel's gradient with its points), so a loop may sum the moments over pixels (and, for the
+// frame, over the edges of a pixel: they are linear in g) and map the sums once; the per-pixel
+// accumulators below map each pixel's moments.
+
+// d/df of a term that depends on R c, where c = z·((x − cx)/f, (y − cy)/f, 1) (a camera point or
+// a ray) and m = g ⊗ c is the 3×3 part of its moments (g = gradient with respect to R c):
+// dc/df = (−c_x/f, −c_y/f, 0), so d/df = −Σ_a (R_a0 m_a0 + R_a1 m_a1)/f.
+template <typename S, typename T>
+MONST3R_HD S focal_from_moments(const T* R, const S* m, S f) {
+  S s = S(0);
+  for (int a = 0; a < 3; ++a) s += S(R[3 * a]) * m[3 * a] + S(R[3 * a + 1]) * m[3 * a + 1];
+  return -s / f;
+}
+
+// Frame moments of one pixel (g: gradient with respect to X): m[3a+b] = g_a c_b (dR_v),
+// m[9+a] = g_a (dT_v). Returns d(term)/d(log_depth) = g·rc (dX/dlog_d = R c).
+constexpr int kFrameMoments = 12;
+template <typename T>
+MONST3R_HD T align_frame_moments(const T* g, const T* c, const T* rc, T* m) {
   for (int a = 0; a < 3; ++a) {
-    for (int b = 0; b < 3; ++b) {
-      frame[3 * a + b] += g[a] * c[b];
-      edge[3 * a + b] -= sigma * g[a] * pred[b];
-    }
-    frame[9 + a] += g[a];
-    edge[9 + a] -= g[a];
+    for (int b = 0; b < 3; ++b) m[3 * a + b] = g[a] * c[b];
+    m[9 + a] = g[a];
   }
-  // dc/df = (−c_x/f, −c_y/f, 0)  ⇒  dX/df = −(R[:,0] c_x + R[:,1] c_y)/f
-  T gdf = T(0), gdl = T(0), gs = T(0);
+  return g[0] * rc[0] + g[1] * rc[1] + g[2] * rc[2];
+}
+
+// Frame block (kFrameGrad) from frame moments: dR, dT as they are, df = focal_from_moments.
+template <typename S, typename T>
+MONST3R_HD void align_frame_block(const T* R, S f, const S* m, S* block) {
+  for (int k = 0; k < kFrameMoments; ++k) block[k] = m[k];
+  block[12] = focal_from_moments(R, m, f);
+}
+
+// Edge moments of one pixel: m[3a+b] = g_a pred_b, m[9+a] = g_a.
+constexpr int kEdgeMoments = 12;
+template <typename T>
+MONST3R_HD void align_edge_moments(const T* g, const T* pred, T* m) {
   for (int a = 0; a < 3; ++a) {
-    gdf -= g[a] * (R[3 * a] * c[0] + R[3 * a + 1] * c[1]);
-    gdl += g[a] * rc[a];  // dX/dlog_d = R c
-    gs -= g[a] * rp[a];
+    for (int b = 0; b < 3; ++b) m[3 * a + b] = g[a] * pred[b];
+    m[9 + a] = g[a];
   }
-  frame[12] += gdf / f;
-  edge[12] += gs;
+}
+
+// Edge block (kEdgeGrad) from edge moments. The term depends on X − Y, Y = σ R_e pred + t_e:
+// dR_e = −σ m_ab, dt_e = −m[9+a], dσ = −Σ_ab (R_e)_ab m_ab (= −Σ g·R_e pred).
+template <typename S, typename T>
+MONST3R_HD void align_edge_block(const T* Re, S sigma, const S* m, S* block) {
+  S gs = S(0);
+  for (int k = 0; k < 9; ++k) {
+    block[k] = -sigma * m[k];
+    gs -= S(Re[k]) * m[k];
+  }
+  for (int a = 0; a < 3; ++a) block[9 + a] = -m[9 + a];
+  block[12] = gs;
+}
+
+// Accumulate one pixel's gradient into the blocks of view v (frame) and edge e (edge), anything
+// indexable whose elements take += of a T. Returns d(term)/d(log_depth) for the pixel.
+template <typename T, typename F, typename E>
+MONST3R_HD T align_accumulate(const T* g, const T* c, const T* rc, const T* Re, const T* R,
+                              const T* pred, T sigma, T f, F frame, E edge) {
+  T m[kFrameMoments], block[kFrameGrad];
+  const T gdl = align_frame_moments(g, c, rc, m);
+  align_frame_block(R, f, m, block);
+  for (int k = 0; k < kFrameGrad; ++k) frame[k] += block[k];
+  align_edge_moments(g, pred, m);
+  align_edge_block(Re, sigma, m, block);
+  for (int k = 0; k < kEdgeGrad; ++k) edge[k] += block[k];
   return gdl;
 }
 
-
 // Per (edge, direction) gradient block of the flow term: dR_rel (9), dt_rel (3), df_src, df_tgt.
 constexpr int kFlowGrad = 14;
+// Flow moments of one pixel: m[3k+b] = ga_k p_b (dR_rel), m[9+k] = s·ga_k (dt_rel),
+// m[12] = d/df_tgt (ga = gradient with respect to a, p = source ray, s = disparity).
+constexpr int kFlowMoments = 13;
+
+// Flow block (kFlowGrad) from flow moments: df_src = focal_from_moments (p = K_s⁻¹(x, y, 1)
+// scales like a camera point).
+template <typename S, typename T>
+MONST3R_HD void flow_block(const T* Rrel, S fs, const S* m, S* block) {
+  for (int k = 0; k < 12; ++k) block[k] = m[k];
+  block[12] = focal_from_moments(Rrel, m, fs);
+  block[13] = m[12];
+}
 
 // Flow term of one pixel with depth d = exp(log_depth) (official DepthBasedWarping + smooth-L1,
 // spec §4.5). The source view s holds the pixel; the target view t is the other view of the edge:
 //   ego = ego_flow_pixel(...) (monst3r/egoflow.h),  d_c = (ego_c − meas_c)·m  (m = static mask),
 //   loss_c = 0.5 d² if |d| < 1 else |d| − 0.5, kept when loss_c < thr.
-// Returns the kept loss; adds the kept static entries to *count; accumulates the gradient of the kept
-// loss into acc (kFlowGrad) and returns d/dlog_depth through *g_logd.
-template <typename T, typename A>
-MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
-                           const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
-                           T* count, A* acc, T* g_logd) {
-  const T s = T(1) / (d + T(1e-6));
-  T p[3], a[3], q[3], ego[2];
-  const T zinv = ego_flow_pixel(x, y, s, fs, cxs, cys, ft, cxt, cyt, Rrel, trel, p, a, q, ego);
+// This form takes what depends on the source view only, computed once for all its edges: the ray
+// p = ego_flow_ray(x, y, fs, cxs, cys) and the disparity s = 1/(d + 1e-6).
+// Returns the kept loss; adds the kept static entries to *count; writes the flow moments of the
+// kept loss (kFlowMoments) to m and d/dlog_depth to *g_logd.
+template <typename T>
+MONST3R_HD T flow_residual_ray(T x, T y, const T* p, T s, T d, T ft, T cxt, T cyt, const T* Rrel,
+                               const T* trel, T meas_x, T meas_y, T mask, T thr, T* count, T* m,
+                               T* g_logd) {
+  T a[3], q[3], ego[2];
+  const T zinv = ego_flow_from_ray(x, y, p, s, ft, cxt, cyt, Rrel, trel, a, q, ego);
   const T meas[2] = {meas_x, meas_y};
   T loss = T(0), g[2];
   for (int c = 0; c < 2; ++c) {  // branch-free (selects only) so that CPU loops vectorise
     const T diff = (ego[c] - meas[c]) * mask;
-    const T ad = diff < T(0) ? -diff : diff;
+    const T ad = m_abs(diff);
     const bool quad = ad < T(1);
     const T l = quad ? T(0.5) * diff * diff : ad - T(0.5);
     const T keep = l < thr ? T(1) : T(0);  // official smooth_L1_loss_fn: (loss < thr) · mask
@@ -101,17 +180,29 @@ MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt
   // back through the projection
   const T gq[3] = {g[0] * zinv, g[1] * zinv, -(g[0] * q[0] + g[1] * q[1]) * zinv * zinv};
   const T ga[3] = {ft * gq[0], ft * gq[1], cxt * gq[0] + cyt * gq[1] + gq[2]};
-  T gs = T(0), gp0 = T(0), gp1 = T(0);
+  T gs = T(0);
   for (int k = 0; k < 3; ++k) {
-    for (int b = 0; b < 3; ++b) acc[3 * k + b] += ga[k] * p[b];
-    acc[9 + k] += s * ga[k];
+    for (int b = 0; b < 3; ++b) m[3 * k + b] = ga[k] * p[b];
+    m[9 + k] = s * ga[k];
     gs += ga[k] * trel[k];
-    gp0 += Rrel[3 * k] * ga[k];
-    gp1 += Rrel[3 * k + 1] * ga[k];
   }
-  acc[12] -= (gp0 * p[0] + gp1 * p[1]) / fs;
-  acc[13] += gq[0] * a[0] + gq[1] * a[1];
+  m[12] = gq[0] * a[0] + gq[1] * a[1];
   *g_logd = -gs * s * s * d;
+  return loss;
+}
+
+// Flow term of one pixel (see flow_residual_ray) from the pixel (x, y) and its depth d.
+// Accumulates its block (kFlowGrad) into acc, anything indexable whose elements take += of a T.
+template <typename T, typename A>
+MONST3R_HD T flow_residual(T x, T y, T d, T fs, T cxs, T cys, T ft, T cxt, T cyt,
+                           const T* Rrel, const T* trel, T meas_x, T meas_y, T mask, T thr,
+                           T* count, A acc, T* g_logd) {
+  T p[3], m[kFlowMoments], block[kFlowGrad];
+  ego_flow_ray(x, y, fs, cxs, cys, p);
+  const T loss = flow_residual_ray(x, y, p, T(1) / (d + T(1e-6)), d, ft, cxt, cyt, Rrel, trel,
+                                   meas_x, meas_y, mask, thr, count, m, g_logd);
+  flow_block(Rrel, fs, m, block);
+  for (int k = 0; k < kFlowGrad; ++k) acc[k] += block[k];
   return loss;
 }
 }  // namespace monst3r

@@ -17,4 +17,6 @@ MONST3R_HD float m_exp(float x) { return expf(x); }
 MONST3R_HD double m_exp(double x) { return exp(x); }
 MONST3R_HD float m_sqrt(float x) { return sqrtf(x); }
 MONST3R_HD double m_sqrt(double x) { return sqrt(x); }
+MONST3R_HD float m_abs(float x) { return fabsf(x); }
+MONST3R_HD double m_abs(double x) { return fabs(x); }
 }  // namespace monst3r
