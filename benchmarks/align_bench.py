@@ -10,7 +10,7 @@ MST initialisation and minimises the same objective: alignment + camera smoothne
 ``--flow on``, the official optical-flow term (the scene's exact flows, static pixels from its
 dynamic masks; the reference and Adam switch it on at 10 % of the iterations as the official
 optimiser does, LM after its flow-free phase). Adam and LM run through the same code as
-``global_align`` (``driver._optimize``). Each (solver, flow) runs in its own process so that its
+``global_align`` (``driver.optimize``). Each (solver, flow) runs in its own process so that its
 peak RSS is its own; the peak is reset after the scene is generated (images and, with the flow
 term off, flows are freed), so "peak MB" is the process's resident memory at its highest during
 initialisation + optimisation, the pairwise inputs (and flows) included. Columns: wall time of
@@ -102,7 +102,7 @@ def _child(args: argparse.Namespace) -> dict:
 
     import monst3r_rt  # noqa: F401
     from monst3r_rt.align import AlignConfig
-    from monst3r_rt.align.driver import _optimize, prepare, prepare_flow
+    from monst3r_rt.align.driver import optimize, prepare, prepare_flow
     from monst3r_rt.align.init import init_mst
 
     scene = _scene(args)
@@ -138,7 +138,7 @@ def _child(args: argparse.Namespace) -> dict:
         iters = args.niter
     elif solver in ("adam", "lm"):
         cfg = AlignConfig(niter=args.niter, solver=solver)
-        final, hist = _optimize(data, flow, cfg, args.device, init)
+        final, hist = optimize(data, flow, cfg, args.device, init)
         iters = len(hist) - (1 if solver == "lm" else 0)  # LM's hist[0] is the initial energy
     else:
         raise SystemExit(f"unknown solver {solver}")

@@ -441,7 +441,7 @@ def test_flow_couplings_exact_at_zero_alignment_residual():
 
 # ---- windows ------------------------------------------------------------------------------------
 def test_lm_frozen_frames_and_focal_do_not_move():
-    """``_optimize`` as the windows call it: frozen frames keep their depth and pose bit for bit,
+    """``optimize`` as the windows call it: frozen frames keep their depth and pose bit for bit,
     the focal too; the other frames move and the (unpinned-gauge) energy decreases."""
     sc, data, p0 = _problem(noise=True, n_objects=1, n_frames=8, size=(24, 32))
     flow = driver.prepare_flow((sc.flow_ij, sc.flow_ji), sc.dynamic_masks, len(data.edges), 8,
@@ -451,7 +451,7 @@ def test_lm_frozen_frames_and_focal_do_not_move():
     # the windows' unpinned gauge: σ_e = exp(s_e) (driver._similarity writes absolute log-scales)
     p0["pw_poses"][:, 7] = np.log(P.pairwise_scale(p0["pw_poses"][:, 7]))
     cfg = AlignConfig(solver="lm", lm_iters=6)
-    p, hist = driver._optimize(data, flow, cfg, "cpu", p0, frozen=frozen, freeze_focal=True,
+    p, hist = driver.optimize(data, flow, cfg, "cpu", p0, frozen=frozen, freeze_focal=True,
                                pin_scale=False)  # fmt: skip
     for key in ("log_depth", "im_poses"):
         np.testing.assert_array_equal(p[key][frozen], p0[key][frozen])
@@ -585,8 +585,8 @@ def test_lm_with_flow_reaches_adam_energy():
     sc = make_scene(n_frames=10, size=(32, 48), n_objects=1, depth_noise=0.05, pose_noise=0.02,
                     seed=3)  # fmt: skip
     data, flow, p0 = _flow_inputs(sc, 10, (32, 48))
-    p_adam, _ = driver._optimize(data, flow, AlignConfig(), "cpu", p0)
-    p_lm, h_lm = driver._optimize(data, flow, AlignConfig(solver="lm"), "cpu", p0)
+    p_adam, _ = driver.optimize(data, flow, AlignConfig(), "cpu", p0)
+    p_lm, h_lm = driver.optimize(data, flow, AlignConfig(solver="lm"), "cpu", p0)
     e_adam, _, t_adam = evaluate(data, p_adam, flow=flow)
     e_lm, _, t_lm = evaluate(data, p_lm, flow=flow)
     assert t_lm["flow"] > 0 and t_adam["flow"] > 0  # the term is on (not gated) at both ends
@@ -604,8 +604,8 @@ def test_lm_gated_flow_term_changes_nothing():
     far = replace(flow, flow_ij=flow.flow_ij + 40, flow_ji=flow.flow_ji - 40)
     assert evaluate(data, p0, flow=far)[2]["flow"] == 0  # gated
     cfg = AlignConfig(solver="lm", lm_iters=6, lm_ftol=0.0)
-    p_far, h_far = driver._optimize(data, far, cfg, "cpu", p0)
-    p_none, h_none = driver._optimize(data, None, cfg, "cpu", p0)
+    p_far, h_far = driver.optimize(data, far, cfg, "cpu", p0)
+    p_none, h_none = driver.optimize(data, None, cfg, "cpu", p0)
     assert len(h_none) == 7
     # the same path up to float rounding (the kernels' summation order may differ when flow
     # arrays are passed); an ungated 40 px term would move everything by orders of magnitude more

@@ -31,7 +31,12 @@ _LAZY: dict[str, str] = {
     "compute_flow": "flow",
     "ego_flow": "egoflow",
     "dynamic_masks": "masks",
-    # the main job
+    # the main job and the streaming mode
+    "Stream": "stream",
+    "StreamConfig": "stream",
+    "FrameResult": "stream",
+    "stream_video": "stream",
+    "Backend": "deploy.backends",
     "Pipeline": "pipeline",
     "Reconstruction": "reconstruction",
     # kernels

@@ -1,4 +1,5 @@
-"""Command line: ``monst3r-rt run | view | doctor | --version``."""
+"""Command line: ``monst3r-rt run | stream | view | export | build-engine | verify-engine |
+doctor | --version``."""
 
 from __future__ import annotations
 
@@ -73,6 +74,55 @@ def _run(args: argparse.Namespace) -> int:
     rows += [(f"{k} s", f"{v:.2f}") for k, v in timings.items()]
     rows += [("total s", f"{sum(timings.values()):.2f}")]
     rows += [(k, v) for k, v in paths.items()]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from ._atomic import check_output_dir
+    from .stream import StreamConfig, stream_video
+    from .stream.stats import LatencyStats
+
+    check_output_dir(args.output, args.overwrite)  # before any work
+    cfg = StreamConfig(keep=args.keep, masks=args.masks, refine=args.refine)
+    viewer = None
+    if args.viewer or args.save:
+        from .viewer import LiveViewer
+
+        viewer = LiveViewer(save=args.save)
+    source = int(args.source) if args.source.isdigit() else args.source
+    video = stream_video(source, max_frames=args.max_frames, drop=False if args.no_drop else None,
+                         weights=args.weights, backend=args.backend, engine=args.engine,
+                         device=args.device, precision=args.precision, size=args.size,
+                         config=cfg, output=args.output, overwrite=args.overwrite)  # fmt: skip
+    stats = LatencyStats()
+    show = not args.quiet and sys.stderr.isatty() or args.status
+    try:
+        for res in video:
+            stats.add(res)
+            if viewer is not None:
+                viewer.log(res.index, video.stream.last_image, res)
+            if show:
+                print("\r" + stats.status(video.source.dropped), end="", file=sys.stderr,
+                      flush=True)  # fmt: skip
+    except KeyboardInterrupt:
+        video.close()
+        print(f"\nmonst3r-rt stream: interrupted after {stats.frames} frames; output finalised in "
+              f"{args.output}", file=sys.stderr)  # fmt: skip
+        return 130
+    if show:
+        print(file=sys.stderr)
+    recon = video.reconstruction
+    if recon is None:
+        raise ValueError(f"no frame could be read from {args.source!r}")
+    h, w = recon.depths.shape[1:]
+    rows = [("frames", f"{len(recon)} at {w}x{h}"), ("keyframes", str(stats.keyframes)),
+            ("backend", str(recon.meta.get("backend"))), ("FPS", f"{stats.fps():.2f}")]  # fmt: skip
+    rows += stats.rows()
+    if video.source.dropped:
+        rows.append(("dropped", str(video.source.dropped)))
+    rows.append(("output", args.output))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
     return 0
@@ -173,6 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=_run)
+
+    st = sub.add_parser("stream", help="real-time streaming: frames in, poses/depth/masks out")
+    st.add_argument("source", help="video file, folder of images, camera index (0) or URL")
+    st.add_argument("-o", "--output", required=True, help="output folder (must be new or empty)")
+    st.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
+    st.add_argument("--backend", default="auto",
+                    choices=["auto", "torch", "onnxruntime", "tensorrt"])  # fmt: skip
+    st.add_argument("--engine", help="export folder (monst3r-rt export) for onnxruntime/tensorrt")
+    st.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    st.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    st.add_argument("--size", type=int, default=512, choices=[224, 512])
+    st.add_argument("--max-frames", type=int, help="stop after this many frames")
+    st.add_argument("--no-drop", action="store_true",
+                    help="live sources: queue frames instead of dropping those that arrive "
+                         "while one is processed")  # fmt: skip
+    st.add_argument("--keep", default="none", choices=["all", "none"],
+                    help="per-pixel arrays kept in memory (none: flat memory; default)")
+    st.add_argument("--masks", default="flow", choices=["flow", "geometric", "none"])
+    st.add_argument("--refine", default="thread", choices=["thread", "sync", "off"])
+    st.add_argument("--viewer", action="store_true", help="log to a live rerun viewer")
+    st.add_argument("--save", help="write a rerun recording (.rrd) while streaming (headless)")
+    st.add_argument("--status", action="store_true", help="status line even when not a TTY")
+    st.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    st.add_argument("-q", "--quiet", action="store_true", help="no status line")
+    st.set_defaults(func=_stream)
 
     viewp = sub.add_parser("view", help="4D viewer of an output folder (rerun)")
     viewp.add_argument("output", help="output folder of 'monst3r-rt run'")

@@ -39,6 +39,8 @@ __all__ = [
     "Frames",
     "load_frames",
     "preprocess_image",
+    "iter_frames",
+    "to_rgb8",
     "target_size",
     "pil_resize",
     "IMAGE_EXTENSIONS",
@@ -266,7 +268,7 @@ def preprocess_image(
 # Decoding
 
 
-def _to_rgb8(arr: np.ndarray, what: str, bgr: bool) -> np.ndarray:
+def to_rgb8(arr: np.ndarray, what: str, bgr: bool) -> np.ndarray:
     """Convert a decoded/user array to ``(H, W, 3)`` uint8 RGB."""
     if arr.dtype == np.uint16:
         arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
@@ -313,7 +315,7 @@ def _read_image(path: str) -> np.ndarray:
     arr = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
         raise FrameError(f"cannot decode image file {path!r} (unreadable, truncated or corrupt)")
-    return _to_rgb8(arr, f"image file {path!r}", bgr=arr.ndim == 3)
+    return to_rgb8(arr, f"image file {path!r}", bgr=arr.ndim == 3)
 
 
 # A lazy frame: (name, index in source, decode thunk, label for errors)
@@ -347,7 +349,7 @@ def _video_items(path: str, fps: float | None) -> Generator[_Item, None, None]:
                     ok, frame = cap.retrieve()
                     if not ok or frame is None:
                         raise FrameError(f"cannot decode frame {k} of video {path!r}")
-                    return _to_rgb8(frame, f"frame {k} of video {path!r}", bgr=frame.ndim == 3)
+                    return to_rgb8(frame, f"frame {k} of video {path!r}", bgr=frame.ndim == 3)
 
                 yield f"{base}_frame_{k}", k, decode, f"{path} (frame {k})"
             k += 1
@@ -358,7 +360,7 @@ def _video_items(path: str, fps: float | None) -> Generator[_Item, None, None]:
 def _array_items(arrs: Sequence[np.ndarray]) -> Generator[_Item, None, None]:
     for i, a in enumerate(arrs):
         label = f"array frame {i}"
-        yield f"frame_{i:06d}", i, partial(_to_rgb8, np.asarray(a), label, False), label
+        yield f"frame_{i:06d}", i, partial(to_rgb8, np.asarray(a), label, False), label
 
 
 def _is_video(p: str) -> bool:
@@ -435,6 +437,20 @@ def _items(
                 raise FrameError(f"unsupported file type {p!r}")
         return
     raise FrameError(f"unsupported frame source of type {type(source).__name__}")
+
+
+def iter_frames(
+    source: FrameSource, fps: float | None = None, sort_paths: bool = True
+) -> Generator[tuple[str, np.ndarray], None, None]:
+    """Frames of a source one at a time, decoded but not preprocessed: ``(name, (H,W,3) uint8
+    RGB)``; sources, names and errors as :func:`load_frames` (which reads through the same
+    items)."""
+    items = _items(source, fps, sort_paths)
+    try:
+        for name, _, decode, _ in items:
+            yield name, decode()
+    finally:
+        items.close()
 
 
 def _has_video(source: FrameSource) -> bool:

@@ -39,7 +39,7 @@ from .geometry import (
     weighted_procrustes,
 )
 
-__all__ = ["dynamic_masks", "mirror_pairs", "two_view", "TwoView"]
+__all__ = ["dynamic_masks", "mirror_pairs", "two_view", "TwoView", "robust_scores"]
 
 MIN_CONF = 3.0  # official min_conf_thr: PnP uses pixels with conf > 3
 
@@ -221,7 +221,7 @@ def dynamic_masks(
         score_maps = _minmax(err)
         weights = np.ones_like(score_maps)
     else:
-        score_maps = _robust_scores(err, valid)
+        score_maps = robust_scores(err, valid)
         weights = np.where(valid, np.log(np.maximum(conf, 1.0 + 1e-6)), 0.0).astype(np.float32)
     score = np.zeros((n, h, w), np.float32)
     total = np.zeros((n, h, w), np.float32)
@@ -247,7 +247,7 @@ ROBUST_K = 6.0
 ROBUST_MIN_PX = 1.0
 
 
-def _robust_scores(err: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def robust_scores(err: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Per-map scores in [0, 1]: the error above the map's median in units of its noise scale
     (1.4826·MAD over the flow-consistent pixels, at least ``ROBUST_MIN_PX``)."""
     scores = np.empty_like(err)

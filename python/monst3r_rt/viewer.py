@@ -18,7 +18,7 @@ import numpy as np
 from .geometry import frustum_lines, project, rotvec_to_rotmat
 from .reconstruction import Reconstruction, thin_points
 
-__all__ = ["view", "render_png"]
+__all__ = ["view", "render_png", "LiveViewer"]
 
 
 def view(
@@ -35,10 +35,7 @@ def view(
         conf_threshold: keep pixels with raw confidence above this.
         max_static_points: thin the accumulated static background to this many points.
     """
-    try:
-        import rerun as rr
-    except ImportError as exc:
-        raise RuntimeError("the viewer needs rerun: pip install 'monst3r-rt[viz]'") from exc
+    rr = _rerun()
     if not isinstance(recon, Reconstruction):
         recon = Reconstruction.load(recon)
     rr.init("monst3r_rt", spawn=save is None)
@@ -48,18 +45,70 @@ def view(
     cloud = recon.point_cloud(conf_threshold=conf_threshold, static_only=True)
     pts, rgb = thin_points(*cloud, max_static_points)
     rr.log("world/static", rr.Points3D(pts, colors=rgb, radii=-1.5), static=True)
-    h, w = recon.depths.shape[1:]
     for i in range(len(recon)):
         _set_frame(rr, i)
         keep = (recon.conf[i] > conf_threshold) & recon.dynamic_masks[i]
         rr.log("world/dynamic", rr.Points3D(recon.pts3d[i][keep], colors=recon.frames[i][keep],
                                              radii=-2.0))  # fmt: skip
-        pose = recon.poses[i]
-        rr.log("world/camera", rr.Transform3D(translation=pose[:3, 3], mat3x3=pose[:3, :3]))
-        rr.log("world/camera/image", rr.Pinhole(image_from_camera=recon.intrinsics[i],
-                                                 width=w, height=h))  # fmt: skip
-        rr.log("world/camera/image", rr.Image(recon.frames[i]))
+        _log_camera(rr, recon.poses[i], recon.intrinsics[i], recon.frames[i])
         rr.log("world/trajectory", rr.LineStrips3D([recon.poses[: i + 1, :3, 3]]))
+
+
+def _rerun() -> Any:
+    try:
+        import rerun as rr
+    except ImportError as exc:
+        raise RuntimeError("the viewer needs rerun: pip install 'monst3r-rt[viz]'") from exc
+    return rr
+
+
+def _log_camera(rr: Any, pose: np.ndarray, k: np.ndarray, image: np.ndarray) -> None:
+    """The current camera (camera-to-world ``pose``, intrinsics ``k``) and its image."""
+    h, w = image.shape[:2]
+    rr.log("world/camera", rr.Transform3D(translation=pose[:3, 3], mat3x3=pose[:3, :3]))
+    rr.log("world/camera/image", rr.Pinhole(image_from_camera=k, width=w, height=h))
+    rr.log("world/camera/image", rr.Image(image))
+
+
+class LiveViewer:
+    """Log a stream to rerun as frames arrive (``monst3r-rt stream --viewer`` / ``--save``):
+    per frame its confident points (world frame, every ``step``-th pixel, moving ones red-tinted),
+    its camera and image, and the causal trajectory so far.
+
+    Args:
+        save: write an ``.rrd`` recording here (headless) instead of spawning a viewer.
+        conf_threshold: keep pixels with raw confidence above this.
+        step: pixel stride of the logged points.
+    """
+
+    def __init__(self, save: str | os.PathLike[str] | None = None, conf_threshold: float = 1.1,
+                 step: int = 2):  # fmt: skip
+        self.rr = _rerun()
+        self.rr.init("monst3r_rt_stream", spawn=save is None)
+        if save is not None:
+            self.rr.save(os.fspath(save))
+        self.rr.log("world", self.rr.ViewCoordinates.RDF, static=True)
+        self.conf_threshold, self.step = conf_threshold, step
+        self.centres: list[np.ndarray] = []
+
+    def log(self, index: int, image: np.ndarray, res: Any) -> None:
+        """One :class:`~monst3r_rt.stream.FrameResult` and its (H,W,3) uint8 model-size image."""
+        from .geometry import world_points
+
+        rr, s = self.rr, self.step
+        _set_frame(rr, index)
+        pts = world_points(np.nan_to_num(res.depth, nan=0.0)[None], res.pose[None].astype(
+            np.float32), res.intrinsics[None].astype(np.float32))[0]  # fmt: skip
+        keep = (res.conf > self.conf_threshold) & np.isfinite(res.depth)
+        sub = np.zeros_like(keep)
+        sub[::s, ::s] = True
+        keep &= sub
+        rgb = image.copy()
+        rgb[res.dynamic_mask] = (0.5 * rgb[res.dynamic_mask] + [127, 0, 0]).astype(np.uint8)
+        rr.log("world/points", rr.Points3D(pts[keep], colors=rgb[keep], radii=-1.5))
+        _log_camera(rr, res.pose, res.intrinsics, image)
+        self.centres.append(res.pose[:3, 3].copy())
+        rr.log("world/trajectory", rr.LineStrips3D([np.stack(self.centres)]))
 
 
 def _set_frame(rr: Any, i: int) -> None:

@@ -204,7 +204,7 @@ def global_align(
         params = _init(data, pts_i, pts_j, conf_i, conf_j, cfg)
         timings["init"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        params, history = _optimize(data, flow, cfg, device, params, callback=bar.step)
+        params, history = optimize(data, flow, cfg, device, params, callback=bar.step)
         timings["optimize"] = time.perf_counter() - t0
         extra: dict[str, Any] = {}
     else:
@@ -240,7 +240,7 @@ def _init(data: AlignData, pts_i, pts_j, conf_i, conf_j, cfg: AlignConfig) -> di
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 
 
-def _optimize(
+def optimize(
     data: AlignData,
     flow: FlowData | None,
     cfg: AlignConfig,
@@ -363,7 +363,7 @@ def _align_windows(
             sub_flow = FlowData(flow.flow_ij[sel], flow.flow_ji[sel], flow.static[a:b])
         params = _init(sub, pts_i[sel], pts_j[sel], conf_i[sel], conf_j[sel], cfg)
         if k == 0:
-            params, hist = _optimize(sub, sub_flow, cfg, device, params, callback=callback)
+            params, hist = optimize(sub, sub_flow, cfg, device, params, callback=callback)
         else:
             # map the window's own frame onto the frozen overlap (camera centres and points)
             ov = np.arange(a, ranges[k - 1][1])
@@ -381,7 +381,7 @@ def _align_windows(
             params["focal"] = full["focal"].copy()
             frozen = np.zeros(b - a, bool)
             frozen[ov - a] = True
-            params, hist = _optimize(
+            params, hist = optimize(
                 sub, sub_flow, cfg, device, params, frozen=frozen, freeze_focal=True,
                 pin_scale=False, callback=callback,
             )  # fmt: skip

@@ -1,0 +1,106 @@
+"""Online dynamic masks for the streaming mode: one flow per frame, scored against the ego-flow
+of the tracked camera, as :func:`monst3r_rt.dynamic_masks`' ``robust`` method scores it.
+
+- ``flow`` (default): DIS flow from frame t to frame t−1 (t's pixel grid), the ego-flow that the
+  camera motion t → t−1 and frame t's depth predict (:func:`monst3r_rt.egoflow.ego_flow_error`,
+  the C++ kernel), the per-pixel end-point error turned into a score by
+  :func:`monst3r_rt.masks.robust_scores` (error above the map's median in units of its robust
+  noise scale); pixels whose flow leaves the image do not vote.
+- ``geometric`` (no flow): frame t's points moved into the keyframe's camera by the tracked poses
+  and compared with the keyframe's depth where they land; the relative depth disagreement is
+  scored the same way. Occlusion boundaries can score as motion; the flow method is better.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..egoflow import ego_flow_error
+from ..flow import dis_flow
+from ..geometry import project, relative_pose, transform_points, unproject_depth
+from ..masks import robust_scores
+
+__all__ = ["flow_mask", "geometric_mask", "MASK_METHODS"]
+
+MASK_METHODS = ("flow", "geometric", "none")
+
+
+def flow_mask(
+    image: np.ndarray,
+    prev_image: np.ndarray,
+    depth: np.ndarray,
+    focal: float,
+    prev_focal: float,
+    pose: np.ndarray,
+    prev_pose: np.ndarray,
+    threshold: float = 0.5,
+    preset: str = "fast",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Moving pixels of frame t from the flow t → t−1.
+
+    Args:
+        image, prev_image: (H,W,3) uint8 RGB of frames t and t−1.
+        depth: (H,W) float32 z-depth of frame t (world units).
+        focal, prev_focal: focal lengths of t and t−1 in pixels (principal point at the centre).
+        pose, prev_pose: (4,4) camera-to-world poses of t and t−1 (world units).
+        threshold: a pixel is moving when its score (0..1) exceeds this.
+        preset: DIS preset (``"ultrafast"``, ``"fast"``, ``"medium"``).
+
+    Returns:
+        ``(mask (H,W) bool, score (H,W) float32)``.
+    """
+    h, w = depth.shape
+    flow = dis_flow(image[None], prev_image[None], preset)
+    rot, trans = relative_pose(pose, prev_pose)  # camera t → camera t−1
+    err = ego_flow_error(
+        np.ascontiguousarray(depth[None], np.float32), focal, prev_focal,
+        rot.astype(np.float32), trans.astype(np.float32), flow,
+    )  # fmt: skip
+    xs = np.arange(w, dtype=np.float32)[None, :] + flow[0, 0]
+    ys = np.arange(h, dtype=np.float32)[:, None] + flow[0, 1]
+    inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1) & (depth > 0)
+    score = robust_scores(err, inside[None])[0]
+    return score > threshold, score
+
+
+GEOMETRIC_MIN_REL = 0.02  # relative depth disagreements below 2 % are noise, never motion
+
+
+def geometric_mask(
+    depth: np.ndarray,
+    focal: float,
+    pose: np.ndarray,
+    kf_depth: np.ndarray,
+    kf_focal: float,
+    kf_pose: np.ndarray,
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Moving pixels of frame t without flow: t's points seen from the keyframe's camera.
+
+    Args:
+        depth, focal, pose: frame t's (H,W) z-depth, focal (pixels), (4,4) camera-to-world.
+        kf_depth, kf_focal, kf_pose: the keyframe's, in the same world.
+        threshold: score above which a pixel is moving.
+
+    Returns:
+        ``(mask (H,W) bool, score (H,W) float32)``.
+    """
+    h, w = depth.shape
+    rot, trans = relative_pose(pose, kf_pose)  # camera t → keyframe camera
+    cam = transform_points(_rt(rot, trans), unproject_depth(depth, focal))
+    z = cam[..., 2]
+    px = project(cam, kf_focal, (w / 2, h / 2))
+    xi, yi = np.round(px[..., 0]).astype(np.int64), np.round(px[..., 1]).astype(np.int64)
+    inside = (z > 0) & (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h) & (depth > 0)
+    seen = np.where(inside, kf_depth[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(z - seen) / np.maximum(seen, 1e-9)
+    rel = np.where(inside & np.isfinite(rel), rel, 0.0).astype(np.float32)
+    score = robust_scores(rel[None] / GEOMETRIC_MIN_REL, inside[None])[0]
+    return score > threshold, score
+
+
+def _rt(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    trf = np.eye(4)
+    trf[:3, :3], trf[:3, 3] = rot, trans
+    return trf

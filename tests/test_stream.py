@@ -1,0 +1,224 @@
+"""The streaming mode on a simulated network (ground-truth-derived predictions of a rendered
+dynamic scene): trajectory and depth recovery, agreement with the offline alignment, masks, one
+encode per frame, bounded memory, the output folder, interrupts and bad input."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from tolerance import scale_of
+
+from monst3r_rt import Backend, Stream, StreamConfig, stream_video
+from monst3r_rt.frames import FrameError
+from monst3r_rt.geometry import umeyama, pair_moments
+from monst3r_rt.reconstruction import Reconstruction
+from monst3r_rt.synthetic import SimulatedBackend, make_scene
+
+SIZE = (64, 112)  # (H, W): multiples of 16, so preprocessing at size=112 keeps the frames as is
+
+
+def ate(pred: np.ndarray, gt: np.ndarray) -> float:
+    """RMSE of camera centres after the Sim(3) (Umeyama) alignment of pred onto gt."""
+    s, r, t = umeyama(pair_moments(pred[:, :3, 3], gt[:, :3, 3]))
+    moved = s * pred[:, :3, 3] @ r.T + t
+    return float(np.sqrt(np.mean(np.sum((moved - gt[:, :3, 3]) ** 2, -1))))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene(n_frames=24, size=SIZE, graph=None, n_objects=1, object_motion=0.08,
+                      seed=3)  # fmt: skip
+
+
+def _run(scene, n=None, *, config=None, backend=None, output=None, **bk):
+    backend = backend or SimulatedBackend(scene, **bk)
+    cfg = config or StreamConfig(refine="sync")
+    stream = Stream(backend=backend, size=SIZE[1], config=cfg, output=output)
+    results = [stream.push(im) for im in scene.images[:n]]
+    return stream, results, stream.close()
+
+
+def test_exact_predictions_recover_trajectory_and_depth(scene):
+    stream, results, rec = _run(scene, scale_range=(0.5, 2.0))
+    gt = scene.poses
+    extent = scale_of(gt[:, :3, 3] - gt[:1, :3, 3])
+    causal = np.stack([r.pose for r in results])
+    assert ate(causal, gt) < 1e-3 * extent
+    assert ate(rec.poses.astype(np.float64), gt) < 1e-3 * extent
+    # depths exact up to one scale for the whole stream
+    ratio = rec.depths / scene.depths
+    assert np.nanstd(ratio) < 1e-3 * np.nanmedian(ratio)
+    # the first camera is the world
+    assert np.allclose(results[0].pose, np.eye(4))
+    # intrinsics: the shared focal is the scene's
+    assert np.allclose(rec.intrinsics[:, 0, 0], scene.focal, rtol=1e-3)
+
+
+def test_one_encode_per_frame_and_decoder_budget(scene):
+    backend = SimulatedBackend(scene)
+    stream, results, _ = _run(scene, backend=backend)
+    n = len(scene.images)
+    assert backend.encoded == n == stream.encodes
+    assert backend.decoded == stream.decodes == sum(r.decodes for r in results)
+    kfs = sum(r.keyframe for r in results)
+    # one pass per frame, one more per keyframe link beyond the tracking pair
+    assert stream.decodes <= n + (StreamConfig().keyframe_links - 1) * kfs
+    assert stream.decodes / n <= 2.0
+    assert results[0].keyframe and kfs >= 2
+
+
+def test_noisy_predictions_close_to_offline_alignment(scene):
+    from monst3r_rt import global_align, infer_pairs, load_frames, make_pairs
+    from monst3r_rt.align import AlignConfig
+
+    noise = dict(depth_noise=0.03, pose_noise=0.01, scale_range=(0.5, 2.0), seed=1)
+    _, results, rec = _run(scene, **noise)
+    frames = load_frames(list(scene.images), size=SIZE[1])
+    preds = infer_pairs(SimulatedBackend(scene, **noise), frames,
+                        make_pairs(len(scene.images), "swinstride-5-noncyclic"), progress=False)  # fmt: skip
+    off = global_align(preds, config=AlignConfig(solver="lm"))
+    gt = scene.poses
+    offline = ate(off.poses.astype(np.float64), gt)
+    assert ate(rec.poses.astype(np.float64), gt) < 1.5 * offline + 1e-3 * scale_of(gt[:, :3, 3])
+    assert ate(np.stack([r.pose for r in results]), gt) < 3.0 * offline + 1e-2
+
+
+def test_masks_recover_moving_object(scene):
+    _, results, rec = _run(scene)
+    gt = scene.dynamic_masks
+    inter = (rec.dynamic_masks[1:] & gt[1:]).sum()
+    union = (rec.dynamic_masks[1:] | gt[1:]).sum()
+    assert inter / union > 0.5
+    false_pos = (rec.dynamic_masks[1:] & ~gt[1:]).sum() / (~gt[1:]).sum()
+    assert false_pos < 0.05
+    assert not rec.dynamic_masks[0].any()  # no previous frame: nothing can be called moving
+    # the geometric (flow-free) fallback finds the object too
+    _, _, geo = _run(scene, config=StreamConfig(refine="sync", masks="geometric"))
+    hit = (geo.dynamic_masks[1:] & gt[1:]).sum() / gt[1:].sum()
+    assert hit > 0.5
+
+
+def test_thread_refinement_is_deterministic(scene):
+    cfg = StreamConfig(refine="thread", refine_lag=2)
+    _, a, ra = _run(scene, config=cfg)
+    _, b, rb = _run(scene, config=StreamConfig(refine="thread", refine_lag=2))
+    assert all(np.array_equal(x.pose, y.pose) for x, y in zip(a, b, strict=True))
+    assert np.array_equal(ra.poses, rb.poses)
+
+
+def test_keep_none_memory_is_flat_and_output_matches_offline_layout(scene, tmp_path):
+    out = tmp_path / "stream"
+    cfg = StreamConfig(refine="sync", keep="none", keyframe_max_gap=3)
+    stream = Stream(backend=SimulatedBackend(scene), size=SIZE[1], config=cfg, output=out)
+    held = []
+    for im in scene.images:
+        stream.push(im)
+        held.append(stream.held_bytes())
+    rec = stream.close()
+    window = cfg.window * 3 + 2  # frames by the time the window is full (a keyframe every 3)
+    assert max(held[window:]) <= held[window]
+    # the folder is the offline one: same files, readable, equal to what close() returned
+    ref = tmp_path / "offline"
+    loaded = Reconstruction.load(out)
+    loaded.save(ref)
+    assert sorted(_tree(out)) == sorted(_tree(ref))
+    assert len(loaded) == len(scene.images)
+    np.testing.assert_array_equal(np.asarray(rec.depths[5]), loaded.depths[5])
+    np.testing.assert_allclose(rec.poses, loaded.poses)
+    assert loaded.meta["mode"] == "stream"
+
+
+def _tree(d) -> list[str]:
+    return [os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs]
+
+
+class _Interrupting(Backend):
+    """Delegates to a backend and raises KeyboardInterrupt at the encode of frame ``at``."""
+
+    def __init__(self, inner, at: int):
+        self.inner, self.at, self.n = inner, at, 0
+        self.name, self.image_size = "interrupting", inner.image_size
+
+    def encode(self, images):
+        if self.n == self.at:
+            raise KeyboardInterrupt
+        self.n += 1
+        return self.inner.encode(images)
+
+    def decode(self, t1, t2, size):
+        return self.inner.decode(t1, t2, size)
+
+
+def test_interrupt_leaves_a_valid_folder(scene, tmp_path):
+    out = tmp_path / "out"
+    backend = _Interrupting(SimulatedBackend(scene), at=7)
+    with pytest.raises(KeyboardInterrupt):
+        with Stream(backend=backend, size=SIZE[1], config=StreamConfig(refine="sync"),
+                    output=out) as s:  # fmt: skip
+            for im in scene.images:
+                s.push(im)
+    rec = Reconstruction.load(out)
+    assert len(rec) == 7
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary folder
+
+
+class _NaNs(Backend):
+    def __init__(self, inner):
+        self.inner, self.name, self.image_size = inner, "nans", inner.image_size
+
+    def encode(self, images):
+        return self.inner.encode(images)
+
+    def decode(self, t1, t2, size):
+        p1, c1, p2, c2 = (a.copy() for a in self.inner.decode(t1, t2, size))
+        p1[:, :4, :4] = np.nan
+        p2[:, -4:, :4] = np.inf
+        c1[:, 10:12, 10:12] = np.nan
+        return p1, c1, p2, c2
+
+
+def test_bad_input(scene, tmp_path):
+    backend = _NaNs(SimulatedBackend(scene))
+    stream = Stream(backend=backend, size=SIZE[1], config=StreamConfig(refine="sync"))
+    r = [stream.push(im) for im in scene.images[:6]][-1]
+    assert np.isfinite(r.pose).all() and np.isnan(r.depth[:4, :4]).all()
+    assert np.isfinite(r.depth[8:, 8:]).all() and (r.conf[10:12, 10:12] == 1).all()
+    # a frame of another aspect ratio: a clear error naming the frame and both sizes
+    with pytest.raises(FrameError, match="frame 6.*112x64"):
+        stream.push(np.zeros((64, 64, 3), np.uint8))
+    stream.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        stream.push(scene.images[0])
+    # grayscale frames are converted as load_frames does; float frames refused like it
+    s2 = Stream(backend=SimulatedBackend(scene), size=SIZE[1])
+    with pytest.raises(FrameError, match="pixel type"):
+        s2.push(scene.images[0].astype(np.float32))
+    s2.abort()
+    # an existing non-empty output folder is refused before any work; keep='none' needs output
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        Stream(backend=SimulatedBackend(scene), output=tmp_path / "full")
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    with pytest.raises(ValueError, match="keep='none'"):
+        Stream(backend=SimulatedBackend(scene), config=StreamConfig(keep="none"))
+    with pytest.raises(ValueError, match="StreamConfig.masks"):
+        Stream(backend=SimulatedBackend(scene), config=StreamConfig(masks="magic"))
+
+
+def test_stream_video_folder_and_max_frames(scene, tmp_path):
+    import cv2
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, im in enumerate(scene.images[:8]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), im[..., ::-1])
+    video = stream_video(folder, max_frames=5, backend=SimulatedBackend(scene), size=SIZE[1],
+                         config=StreamConfig(refine="sync"), output=tmp_path / "out")  # fmt: skip
+    got = [r.index for r in video]
+    assert got == [0, 1, 2, 3, 4]
+    assert len(video.reconstruction) == 5 and len(Reconstruction.load(tmp_path / "out")) == 5
+    with pytest.raises(FrameError, match="does not exist"):
+        stream_video(tmp_path / "missing", backend=SimulatedBackend(scene))
