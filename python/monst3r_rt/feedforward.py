@@ -48,7 +48,9 @@ _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
 
 def feedforward_pairs(n: int) -> list[tuple[int, int]]:
-    """The official real-time pairs: ``(n // 2, j)`` for ``j = 0..n-1``, not symmetrised."""
+    """The official real-time pairs: ``(n // 2, j)`` for ``j = 0..n-1``, not symmetrised —
+    except with 2 frames, where ``make_pairs`` symmetrises whatever is asked, as officially:
+    ``(1, 0), (1, 1), (0, 1), (1, 1)``."""
     return make_pairs(n, FEEDFORWARD_GRAPH, symmetrize=False)
 
 
@@ -143,18 +145,19 @@ def feedforward_cameras(
     """Per-frame cameras of ``oneref-mid`` predictions (see the module docstring).
 
     Args:
-        preds: the :func:`feedforward_pairs` predictions, edge ``j`` = pair ``(mid, j)``.
+        preds: the :func:`feedforward_pairs` predictions, edge ``j`` = pair ``(mid, j)`` for
+            ``j < N`` (the mirrored edges of a 2-frame clip are not used).
         min_conf_thr: PnP uses pixels with ``conf_j`` above this (the official initialisation's
             3); all finite pixels when fewer than 4 pass.
 
     Returns:
         :class:`FeedforwardCameras`.
     """
-    n = len(preds)
+    n = preds.num_frames
     if not np.array_equal(preds.edges, np.asarray(feedforward_pairs(n), np.int64).reshape(-1, 2)):
         raise ValueError(
-            f"feedforward_cameras: edges must be the {FEEDFORWARD_GRAPH} pairs for {n} frames "
-            f"{feedforward_pairs(n)[:3]}..., got {preds.edges.tolist()[:3]}..."
+            f"feedforward_cameras: the edges must be the {FEEDFORWARD_GRAPH} pairs of {n} frames "
+            f"(mid = {n // 2}, j) for j = 0..{n - 1}, got {preds.edges.tolist()[:3]}..."
         )
     mid = n // 2
     poses = np.tile(np.eye(4), (n, 1, 1))

@@ -459,12 +459,16 @@ class Pipeline:
         intrinsics = np.stack([intrinsic_matrix(f, (w / 2, h / 2)) for f in cams.focals])
         config = {"graph": FEEDFORWARD_GRAPH, "flow": None, "masks": None, **config}
         meta = self._meta(source, plan, "none", timings, len(preds), config)
-        meta["feedforward"] = {"reference_frame": len(preds) // 2, "failed_frames": cams.failed}
+        meta["feedforward"] = {
+            "reference_frame": len(frames.images) // 2,
+            "failed_frames": cams.failed,
+        }
         images = frames.images
+        n = len(images)  # edge j = (mid, j) for j < n (2 frames: mirrored edges follow)
         return Reconstruction(
             frames=images, depths=cams.depths, poses=cams.poses.astype(np.float32),
-            intrinsics=intrinsics.astype(np.float32), conf=preds.conf_j,
-            dynamic_masks=np.zeros(preds.conf_j.shape, bool), pts3d=preds.pts_j,
+            intrinsics=intrinsics.astype(np.float32), conf=preds.conf_j[:n],
+            dynamic_masks=np.zeros((n, h, w), bool), pts3d=preds.pts_j[:n],
             names=list(frames.names), meta=meta,
             extra_writers=[lambda d: write_realtime_files(d, preds, images)],
         )  # fmt: skip
