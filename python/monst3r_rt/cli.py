@@ -52,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
                     size=args.size, graph=args.graph, batch_size=args.batch_size, align=cfg,
                     flow=None if args.no_flow else args.flow, masks=args.masks,
                     flow_weights=args.flow_weights, engine=args.engine,
-                    precision=args.precision, cli=True)  # fmt: skip
+                    precision=args.precision,
+                    mode="feedforward" if args.real_time else "offline", cli=True)  # fmt: skip
     pipe.check(num_frames=args.num_frames)
     show = not args.quiet
 
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--masks", choices=["official", "robust"],
                      help="dynamic masks from the flow (default: official)")  # fmt: skip
     run.add_argument("--no-flow", action="store_true", help="no flow term and no dynamic masks")
+    run.add_argument("--real-time", action="store_true",
+                     help="the official real-time mode (demo.py --real_time): oneref-mid pairs, "
+                          "no flow, masks or alignment; adds PnP cameras and the official "
+                          "per-pair files; needs the whole clip (not causal)")  # fmt: skip
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=_run)

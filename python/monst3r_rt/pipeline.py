@@ -24,6 +24,7 @@ OFFICIAL_WEIGHTS = "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt"
 SIZES = (224, 512)
 FLOWS = ("dis", "raft")
 MASKS = ("official", "robust")
+MODES = ("offline", "feedforward")
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
@@ -84,6 +85,10 @@ class Pipeline:
         flow_weights: RAFT weights for ``flow="raft"``.
         engine: export folder of ``monst3r-rt export`` (for onnxruntime / tensorrt).
         precision: torch backend precision, ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        mode: ``"offline"`` (pair graph, flow, masks, global alignment) or ``"feedforward"``:
+            the official real-time mode (``demo.py --real_time``), :mod:`monst3r_rt.feedforward`:
+            ``oneref-mid`` pairs, no flow, no masks, no alignment, plus PnP cameras; it takes
+            only the default ``graph``, ``align``, ``flow`` and no ``masks`` / ``flow_weights``.
         cli: phrase errors as ``monst3r-rt run`` options (set by the command line).
     """
 
@@ -99,6 +104,7 @@ class Pipeline:
     flow_weights: str | os.PathLike[str] | None = None
     engine: str | os.PathLike[str] | None = None
     precision: str = "fp32"
+    mode: str = "offline"
     cli: bool = field(default=False, repr=False)
     _net: Any = field(default=None, init=False, repr=False)
     _backend: Any = field(default=None, init=False, repr=False)
@@ -128,12 +134,16 @@ class Pipeline:
                                 device=network_device, precision=self.precision)  # fmt: skip
         self._check_weights(backend)
         self._check_engine_size(backend, cli)
+        if self.mode == "feedforward":  # no alignment: the registration runs on the CPU
+            return RunPlan(backend, network_device, "cpu")
         self._check_flow(cli)
         align_device = self.align.check(self.device, flow=self.flow is not None, cli=cli)
         return RunPlan(backend, network_device, align_device)
 
     def _check_values(self, num_frames: int | None) -> None:
         """Each setting on its own: names in their lists, sizes and counts in range."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; use one of {MODES}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {BACKENDS}")
         if self.device not in DEVICES:
@@ -149,7 +159,36 @@ class Pipeline:
             raise ValueError(f"batch_size must be a positive int, got {batch!r}")
         if num_frames is not None and num_frames < 2:
             raise ValueError(f"num_frames must be at least 2 (a pair), got {num_frames}")
-        self._check_graph(num_frames)
+        if self.mode == "feedforward":
+            self._check_feedforward()
+        else:
+            self._check_graph(num_frames)
+
+    def _check_feedforward(self) -> None:
+        """Options that mean nothing without a pair graph, flow or alignment are refused (the
+        defaults are accepted: they are what the user did not choose)."""
+        from .pairs import DEFAULT_GRAPH
+
+        cli = self.cli
+        mode = phrase(cli, "mode='feedforward'", "--real-time")
+        refused = []
+        if self.graph not in (DEFAULT_GRAPH, "oneref-mid"):
+            refused.append(phrase(cli, f"graph={self.graph!r}", f"--graph {self.graph}"))
+        if self.align != AlignConfig():
+            changed = [k for k, v in self.align.to_dict().items() if v != getattr(AlignConfig(), k)]
+            refused.append(phrase(cli, f"align (changed: {', '.join(changed)})",
+                                  " ".join(f"--{k}" for k in changed)))  # fmt: skip
+        if self.flow not in ("dis", None):
+            refused.append(phrase(cli, f"flow={_name(self.flow)!r}", f"--flow {self.flow}"))
+        if self.masks is not None:
+            refused.append(phrase(cli, f"masks={self.masks!r}", f"--masks {self.masks}"))
+        if self.flow_weights is not None:
+            refused.append(phrase(cli, "flow_weights", "--flow-weights"))
+        if refused:
+            raise ValueError(
+                f"{mode} runs the official oneref-mid pairs with no flow, masks or global "
+                f"alignment; drop {', '.join(refused)}"
+            )
 
     def _check_graph(self, num_frames: int | None) -> None:
         """The pair graph's name (and its reference frame when the frame count is known)."""
@@ -289,12 +328,16 @@ class Pipeline:
             fps: resample a video to this frame rate (instead of ``stride``).
             progress: progress bars per stage (stderr).
             dynamic_masks: your own (N,H,W) bool masks at model resolution (True = moving);
-                they replace the computed ones.
+                they replace the computed ones (offline mode only).
             on_stage: called with each stage's name as it starts (for a CLI's status line).
 
         Returns:
-            a :class:`Reconstruction`; ``meta`` holds the input, weights, versions, config and
-            per-stage timings.
+            a :class:`Reconstruction`; ``meta`` holds the mode, input, weights, versions, config
+            and per-stage timings. In ``mode="feedforward"``: poses (middle frame = identity) and
+            focals by PnP, depths = z of ``pts3d`` in each frame's camera, ``conf`` = ``conf_j``,
+            no dynamic masks (all False), ``pts3d`` = each frame's ``pts_j`` (in the middle
+            frame's camera), and ``save`` also writes the official per-pair files
+            (:func:`~monst3r_rt.feedforward.write_realtime_files`).
         """
         from .flow import compute_flow
         from .frames import load_frames
@@ -303,6 +346,10 @@ class Pipeline:
         from .pairs import make_pairs
 
         plan = self.check(num_frames=num_frames)  # every combination, before any work
+        feedforward = self.mode == "feedforward"
+        if feedforward and dynamic_masks is not None:
+            mode = phrase(self.cli, "mode='feedforward'", "--real-time")
+            raise ValueError(f"{mode} has no dynamic masks: drop dynamic_masks")
         timings: dict[str, float] = {}
 
         def stage(name: str) -> float:
@@ -320,10 +367,18 @@ class Pipeline:
         t = stage("network")
         backend = self.backend_for_run()
         timings["load_weights"] = time.perf_counter() - t
-        pairs = make_pairs(n, self.graph)
+        if feedforward:
+            from .feedforward import feedforward_pairs
+
+            pairs = feedforward_pairs(n)
+        else:
+            pairs = make_pairs(n, self.graph)
         t = stage("pairs")
         preds = infer_pairs(backend, frames, pairs, self.batch_size, progress=progress)
         timings["pairs"] = time.perf_counter() - t
+        if feedforward:
+            asked = {"num_frames": num_frames, "stride": stride, "fps": fps}
+            return self._feedforward(source, frames, preds, plan, timings, stage, asked)
 
         flows = masks = None
         if self.flow is not None:
@@ -350,32 +405,72 @@ class Pipeline:
         timings["align"] = time.perf_counter() - t
         del preds, flows
 
-        weights, weights_hash = self._weights_used()  # hashes the weights file once
-        meta = {
-            "input": str(source) if not isinstance(source, np.ndarray) else "array",
-            "backend": backend.name,
-            "devices": {"network": plan.network_device, "align": res.diagnostics["device"]},
-            "weights": weights,
-            "weights_hash": weights_hash,
-            "versions": _versions(),
-            "config": {
-                "backend": self.backend, "device": self._torch_device(), "size": self.size,
-                "graph": self.graph, "batch_size": self.batch_size, "flow": _name(self.flow),
-                "masks": "user" if dynamic_masks is not None else (
-                    self.masks_method if self.flow is not None else None),
-                "num_frames": num_frames, "stride": stride, "fps": fps,
-                "align": self.align.to_dict(),
-            },
-            "pairs": len(pairs),
-            "timings": timings,
-            "align_diagnostics": res.diagnostics,
-        }  # fmt: skip
+        meta = self._meta(source, plan, res.diagnostics["device"], timings, len(pairs), {
+            "graph": self.graph, "flow": _name(self.flow),
+            "masks": "user" if dynamic_masks is not None else (
+                self.masks_method if self.flow is not None else None),
+            "num_frames": num_frames, "stride": stride, "fps": fps,
+            "align": self.align.to_dict(),
+        })  # fmt: skip
+        meta["align_diagnostics"] = res.diagnostics
         if masks is None:
             masks = np.zeros_like(res.conf, bool)
         return Reconstruction(
             frames=frames.images, depths=res.depths, poses=res.poses, intrinsics=res.intrinsics,
             conf=res.conf, dynamic_masks=masks, pts3d=res.pts3d, names=list(frames.names),
             meta=meta,
+        )  # fmt: skip
+
+    def _meta(self, source: Any, plan: RunPlan, align_device: str, timings: dict[str, float],
+              pairs: int, config: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """``run.json``'s record of a run (both modes)."""
+        weights, weights_hash = self._weights_used()  # hashes the weights file once
+        return {
+            "mode": self.mode,
+            "input": str(source) if not isinstance(source, np.ndarray) else "array",
+            "backend": self._backend.name,
+            "devices": {"network": plan.network_device, "align": align_device},
+            "weights": weights,
+            "weights_hash": weights_hash,
+            "versions": _versions(),
+            "config": {
+                "mode": self.mode,
+                "backend": self.backend,
+                "device": self._torch_device(),
+                "size": self.size,
+                "batch_size": self.batch_size,
+                **config,
+            },
+            "pairs": pairs,
+            "timings": timings,
+        }
+
+    def _feedforward(self, source: Any, frames: Any, preds: Any, plan: RunPlan,
+                     timings: dict[str, float], stage: Callable[[str], float],
+                     config: dict[str, Any]) -> Reconstruction:  # fmt: skip
+        """The rest of :meth:`run` in ``mode="feedforward"``: cameras by PnP, no alignment."""
+        from .feedforward import FEEDFORWARD_GRAPH, feedforward_cameras, write_realtime_files
+        from .geometry import intrinsic_matrix
+
+        t = stage("cameras")
+        cams = feedforward_cameras(preds, min_conf_thr=self.align.min_conf_thr)
+        timings["cameras"] = time.perf_counter() - t
+        h, w = preds.image_size
+        intrinsics = np.stack([intrinsic_matrix(f, (w / 2, h / 2)) for f in cams.focals])
+        config = {"graph": FEEDFORWARD_GRAPH, "flow": None, "masks": None, **config}
+        meta = self._meta(source, plan, "none", timings, len(preds), config)
+        meta["feedforward"] = {
+            "reference_frame": len(frames.images) // 2,
+            "failed_frames": cams.failed,
+        }
+        images = frames.images
+        n = len(images)  # edge j = (mid, j) for j < n (2 frames: mirrored edges follow)
+        return Reconstruction(
+            frames=images, depths=cams.depths, poses=cams.poses.astype(np.float32),
+            intrinsics=intrinsics.astype(np.float32), conf=preds.conf_j[:n],
+            dynamic_masks=np.zeros((n, h, w), bool), pts3d=preds.pts_j[:n],
+            names=list(frames.names), meta=meta,
+            extra_writers=[lambda d: write_realtime_files(d, preds, images)],
         )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ class Reconstruction:
         pts3d: (N,H,W,3) float32 world points.
         names: per-frame names (source file or video frame).
         meta: run information (input, weights, versions, config, timings) for ``run.json``.
+        extra_writers: called by :meth:`save` with the temporary output folder after the standard
+            files, to add files of their own inside the same atomic write (the feed-forward
+            mode's official per-pair files); not stored, not compared.
     """
 
     frames: np.ndarray
@@ -50,6 +54,9 @@ class Reconstruction:
     pts3d: np.ndarray
     names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    extra_writers: list[Callable[[str], object]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         n, h, w = np.shape(self.depths)
@@ -93,6 +100,8 @@ class Reconstruction:
         """
         with atomic_dir(out_dir, overwrite) as tmp:
             self._write(tmp)
+            for write in self.extra_writers:
+                write(tmp)
         out = os.fspath(out_dir)
         return {k: os.path.join(out, v) for k, v in _LAYOUT.items()}
 
