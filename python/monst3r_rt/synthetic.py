@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .deploy.backends import Backend, Outputs
 from .geometry import (
     intrinsic_matrix,
     pixel_grid,
@@ -35,7 +36,6 @@ from .geometry import (
     transform_points,
     unproject_depth,
 )
-from .deploy.backends import Backend, Outputs
 from .pairs import make_pairs
 
 __all__ = [
@@ -404,3 +404,192 @@ def make_scene(
         labels=labels,
         boundaries=boundary,
     )
+
+
+class SimulatedBackend(Backend):
+    """A :class:`~monst3r_rt.deploy.backends.Backend` that "runs the network" on the frames of a
+    :class:`SyntheticScene` by returning ground-truth-derived pointmaps, for tests and benchmarks.
+
+    ``encode`` recognises each image as a frame of the scene (the uint8 image
+    ``round((x + 1) * 127.5)`` must equal one of ``scene.images`` exactly) and returns its frame
+    index as the token (int64, shape (B,)). ``decode`` predicts each pair (i, j) with the official
+    DUSt3R/MonST3R convention and this noise model (the same model as :func:`make_scene`'s
+    per-edge predictions):
+
+    - ``pts1`` = frame i's ground-truth points in camera i's frame (z-depth ``scene.depths[i]``
+      unprojected with ``scene.focal``, principal point ``(W/2, H/2)``); ``pts2`` = frame j's
+      points at time j (objects where they are in frame j) mapped into camera i's frame by the
+      relative pose ``inv(poses[i]) @ poses[j]``; both multiplied by one per-pair scale ``s``,
+      log-uniform in ``scale_range`` (metres x s);
+    - pose noise (``pose_noise = σp > 0``): the relative pose is left-multiplied, in camera i's
+      frame, by a rigid perturbation with rotation vector ~ N(0, σp² I₃) (radians) and
+      translation ~ N(0, σp² I₃) (metres, before the scale); ``pts1`` is unaffected;
+    - depth noise (``depth_noise = σd > 0``): each view's camera points are multiplied (before
+      the pose) by ``exp(σd · z(x))`` where ``z`` is a smooth random field (bicubic upsampling of a
+      uniform 5 x ~5W/H grid) normalised to unit spatial std: the log-depth error of every view
+      has spatial std exactly σd, correlated over about a fifth of the image;
+    - confidences: ``low + (high - low) · u(x)`` for ``conf_range = (low, high)``, ``u`` a smooth
+      random field in [0, 1] (4 x ~4W/H grid), independent per view, pulled down to
+      ``low + 0.2 (c - low)`` on object boundaries (``scene.boundaries``), and >= 1.
+
+    The random numbers of pair (i, j) come from ``np.random.default_rng((seed, i, j))`` (scale
+    first, then pose, depth i, depth j, confidence i, confidence j), so a pair always gives the same
+    output whatever the order or batching of the calls; (i, j) and (j, i) are independent draws.
+    ``i == j`` gives ``pts2 == pts1`` up to the independent noise draws.
+
+    Args:
+        scene: the scene (any ``graph``; ``make_scene(graph=None)`` is enough).
+        depth_noise: σd, std of the multiplicative log-depth noise per view (0 = exact).
+        pose_noise: σp, rotation (radians) and translation (metres) std of the relative-pose
+            perturbation (0 = exact).
+        scale_range: ``(low, high)``, the per-pair scale is log-uniform in it (``(1, 1)``: metric).
+        conf_range: ``(low, high)`` of the confidences, ``1 <= low <= high``.
+        seed: non-negative int; with the frame indices it seeds every pair.
+
+    Attributes:
+        name: ``"simulated"``. image_size: ``(H, W)`` of the scene.
+        encoded: number of frames encoded so far. decoded: number of pairs decoded so far.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        scene: SyntheticScene,
+        *,
+        depth_noise: float = 0.0,
+        pose_noise: float = 0.0,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        conf_range: tuple[float, float] = (1.5, 5.0),
+        seed: int = 0,
+    ):
+        _check_ranges("SimulatedBackend", scale_range, conf_range)
+        if depth_noise < 0 or pose_noise < 0:
+            raise ValueError(
+                f"SimulatedBackend: depth_noise and pose_noise must be >= 0, got {depth_noise} "
+                f"and {pose_noise}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"SimulatedBackend: seed must be a non-negative int, got {seed!r}")
+        n, h, w = scene.depths.shape
+        if scene.images.shape != (n, h, w, 3) or scene.images.dtype != np.uint8:
+            raise ValueError(
+                f"SimulatedBackend: scene.images must be ({n},{h},{w},3) uint8, got "
+                f"{scene.images.shape} {scene.images.dtype}"
+            )
+        self.scene = scene
+        self.image_size = (h, w)
+        self.depth_noise = float(depth_noise)
+        self.pose_noise = float(pose_noise)
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.conf_range = (float(conf_range[0]), float(conf_range[1]))
+        self.seed = int(seed)
+        self.encoded = 0
+        self.decoded = 0
+        self._boundaries = scene.boundaries
+        if self._boundaries is None:
+            self._boundaries = np.stack([_boundary(lab) for lab in scene.labels])
+        self._index: dict[bytes, int] = {}
+        for k in range(n):
+            self._index.setdefault(_image_key(scene.images[k]), k)
+
+    def frame_index(self, image: np.ndarray) -> int:
+        """The scene frame shown by one (3,H,W) float image in [-1, 1]; ValueError if none."""
+        x = (np.asarray(image, dtype=np.float64) + 1.0) * 127.5
+        u = np.round(x)
+        if np.abs(x - u).max(initial=0.0) > 0.01 or u.min(initial=0) < 0 or u.max(initial=0) > 255:
+            raise ValueError("image does not belong to the simulated scene (not a uint8 image)")
+        rgb = np.ascontiguousarray(u.astype(np.uint8).transpose(1, 2, 0))
+        k = self._index.get(_image_key(rgb))
+        if k is None or not np.array_equal(self.scene.images[k], rgb):
+            raise ValueError("image does not belong to the simulated scene")
+        return k
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """(B,3,H,W) float in [-1, 1] → (B,) int64 frame indices; ValueError for an image that
+        is not exactly a frame of the scene."""
+        images = np.asarray(images)
+        h, w = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (3, h, w):
+            raise ValueError(f"images must have shape (B,3,{h},{w}), got {images.shape}")
+        tokens = np.empty(len(images), dtype=np.int64)
+        for b in range(len(images)):
+            try:
+                tokens[b] = self.frame_index(images[b])
+            except ValueError as exc:
+                raise ValueError(f"images[{b}]: {exc}") from None
+        self.encoded += len(images)
+        return tokens
+
+    def pair_scale(self, i: int, j: int) -> float:
+        """The scale of pair (i, j)'s predictions (metres → prediction units)."""
+        return float(self._scale(np.random.default_rng((self.seed, int(i), int(j)))))
+
+    def _scale(self, rng: np.random.Generator) -> float:
+        lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
+        return float(np.exp(rng.uniform(lo, hi)))
+
+    def predict(self, i: int, j: int) -> Outputs:
+        """Pair (i, j) unbatched: ``pts1`` (H,W,3), ``conf1`` (H,W), ``pts2`` (H,W,3) in camera
+        i's frame, ``conf2`` (H,W), float32 (does not count in :attr:`decoded`)."""
+        n = len(self.scene.depths)
+        if not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"pair ({i}, {j}) is out of range for a scene of {n} frames")
+        s = self.scene
+        rng = np.random.default_rng((self.seed, int(i), int(j)))
+        scale = self._scale(rng)
+        return _pair_prediction(
+            rng, s.depths[i].astype(np.float64), s.depths[j].astype(np.float64), s.poses[i],
+            s.poses[j], self._boundaries[i], self._boundaries[j], s.focal, scale,
+            self.depth_noise, self.pose_noise, self.conf_range,
+        )  # fmt: skip
+
+    def decode(
+        self, tokens1: np.ndarray, tokens2: np.ndarray, image_size: tuple[int, int]
+    ) -> Outputs:
+        """(B,) frame-index tokens of views 1 and 2 → ``pts1`` (B,H,W,3), ``conf1`` (B,H,W),
+        ``pts2`` (B,H,W,3) in view 1's camera frame, ``conf2`` (B,H,W), float32."""
+        self.check_size(image_size)
+        t1 = np.asarray(tokens1).reshape(-1)
+        t2 = np.asarray(tokens2).reshape(-1)
+        if t1.shape != t2.shape:
+            raise ValueError(f"tokens1 and tokens2 must match, got {t1.shape} and {t2.shape}")
+        res = [self.predict(int(i), int(j)) for i, j in zip(t1, t2, strict=True)]
+        h, w = self.image_size
+        shapes = ((h, w, 3), (h, w), (h, w, 3), (h, w))
+        out = tuple(
+            np.stack([r[k] for r in res]) if res else np.empty((0, *shapes[k]), np.float32)
+            for k in range(4)
+        )
+        self.decoded += len(t1)
+        return out  # type: ignore[return-value]
+
+
+def _image_key(rgb: np.ndarray) -> bytes:
+    """Digest of a contiguous (H,W,3) uint8 image."""
+    return hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).digest()
+
+
+VIDEO_CODECS = {".avi": "FFV1", ".mkv": "FFV1", ".mp4": "mp4v"}
+
+
+def scene_video(scene: SyntheticScene, path: str | os.PathLike[str], fps: float = 10.0) -> str:
+    """Write ``scene.images`` as a video (OpenCV): ``.avi`` / ``.mkv`` in FFV1, lossless (the
+    frames read back bit-exact, so :class:`SimulatedBackend` recognises them), ``.mp4`` in mp4v
+    (lossy). Returns the path."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in VIDEO_CODECS:
+        raise ValueError(f"scene_video: {path!r} must end in one of {sorted(VIDEO_CODECS)}")
+    if fps <= 0:
+        raise ValueError(f"scene_video: fps must be positive, got {fps}")
+    _, h, w, _ = scene.images.shape
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext]), float(fps), (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"scene_video: OpenCV cannot write {VIDEO_CODECS[ext]} to {path!r}")
+    try:
+        for img in scene.images:
+            writer.write(np.ascontiguousarray(img[:, :, ::-1]))
+    finally:
+        writer.release()
+    return path
