@@ -316,6 +316,7 @@ void register_geometry(py::module_& m);
 void register_lm(py::module_& m);
 void register_motion(py::module_& m);
 void register_perpixel(py::module_& m);
+void register_track(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   register_boundary(m);
@@ -323,6 +324,7 @@ PYBIND11_MODULE(_core, m) {
   register_lm(m);
   register_motion(m);
   register_perpixel(m);
+  register_track(m);
   m.doc() = "monst3r_rt compiled core: C++/OpenMP kernels and their CUDA twins";
   m.def("build_info", &build_info,
         "What the module was built with: compiler, OpenMP and thread count, CUDA and its "

@@ -17,13 +17,15 @@ constexpr int64_t kItemsPerThread = 1 << 18;  // below this many items per threa
 
 // For each of `sets` independent sets of `items` items, out[set * K + k] = Σ over the set's
 // chunks of the K sums that add_chunk(set, lo, hi, acc) adds for items [lo, hi) into acc[K]
-// (zeroed before each chunk). threads: OpenMP threads (0 = the core's setting).
+// (zeroed before each chunk). threads: OpenMP threads (0 = the core's setting); items_per_thread:
+// the fewest items worth a thread (lower it for costly items).
 template <int K, typename AddChunk>
-void chunked_sum(int64_t sets, int64_t items, int threads, AddChunk add_chunk, double* out) {
+void chunked_sum(int64_t sets, int64_t items, int threads, AddChunk add_chunk, double* out,
+                 int64_t items_per_thread = kItemsPerThread) {
   const int64_t chunks = (items + kSumChunk - 1) / kSumChunk;
   const int64_t tasks = sets * chunks;
   std::vector<double> partial(static_cast<size_t>(tasks * K), 0.0);
-  const int64_t useful = std::max<int64_t>(1, sets * items / kItemsPerThread);
+  const int64_t useful = std::max<int64_t>(1, sets * items / items_per_thread);
   const int64_t wanted = threads > 0 ? threads : cpu_num_threads();
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min({wanted, useful, tasks})));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
