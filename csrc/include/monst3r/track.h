@@ -46,18 +46,19 @@ template <typename T>
 MONST3R_HD void accumulate_sim3_point(const T* src, const T* dst, const T* weight,
                                       const T* inv_sigma, int64_t k, const Sim3Pose& pose,
                                       double huber, double* acc) {
-  const double w = weight[k], sig = inv_sigma[k];
-  const double p0 = src[3 * k], p1 = src[3 * k + 1], p2 = src[3 * k + 2];
-  const double q0 = dst[3 * k], q1 = dst[3 * k + 1], q2 = dst[3 * k + 2];
-  if (!(w > 0.0 && sig > 0.0 && m_isfinite(w) && m_isfinite(sig) && m_isfinite(p0) &&
-        m_isfinite(p1) && m_isfinite(p2) && m_isfinite(q0) && m_isfinite(q1) && m_isfinite(q2)))
-    return;
+  double w = weight[k], sig = inv_sigma[k];
+  double p0 = src[3 * k], p1 = src[3 * k + 1], p2 = src[3 * k + 2];
+  double q0 = dst[3 * k], q1 = dst[3 * k + 1], q2 = dst[3 * k + 2];
+  const bool use = w > 0.0 && sig > 0.0 && m_isfinite(w) && m_isfinite(sig) && m_isfinite(p0) &&
+                   m_isfinite(p1) && m_isfinite(p2) && m_isfinite(q0) && m_isfinite(q1) &&
+                   m_isfinite(q2);
+  if (!use) w = 0.0, sig = 0.0, p0 = p1 = p2 = q0 = q1 = q2 = 0.0;  // selects: adds exact zeros
   const double* a = pose.sR;
   const double x0 = a[0] * p0 + a[1] * p1 + a[2] * p2 + pose.t[0];
   const double x1 = a[3] * p0 + a[4] * p1 + a[5] * p2 + pose.t[1];
   const double x2 = a[6] * p0 + a[7] * p1 + a[8] * p2 + pose.t[2];
   const double e0 = x0 - q0, e1 = x1 - q1, e2 = x2 - q2;
-  const double rn = sig * m_sqrt(e0 * e0 + e1 * e1 + e2 * e2);  // ‖r‖
+  const double rn = sig * m_sqrt(e0 * e0 + e1 * e1 + e2 * e2);  // ‖r‖ (0 when unused)
   const bool inlier = rn <= huber;
   const double h = inlier ? 1.0 : huber / rn;
   const double c = w * h * sig * sig;
@@ -71,8 +72,8 @@ MONST3R_HD void accumulate_sim3_point(const T* src, const T* dst, const T* weigh
   acc[13] += c * e0, acc[14] += c * e1, acc[15] += c * e2;
   acc[16] += c * (x0 * e0 + x1 * e1 + x2 * e2);
   acc[17] += w * (inlier ? 0.5 * rn * rn : huber * (rn - 0.5 * huber));
-  acc[18] += 1.0;
-  acc[19] += inlier ? 1.0 : 0.0;
+  acc[18] += use ? 1.0 : 0.0;
+  acc[19] += use && inlier ? 1.0 : 0.0;
 }
 
 // acc[kSim3Acc] (summed) -> out[kSim3Out] (layout above).
