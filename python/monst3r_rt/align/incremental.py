@@ -158,29 +158,39 @@ class KeyframeAligner:
             np.stack([e.conf_i for e in edges]), np.stack([e.conf_j for e in edges]),
             len(ids),
         )  # fmt: skip
-        params = self._params(ids, edges)
+        params, gauge = self._params(ids, edges)
         fixed = np.zeros(len(ids), bool)
         fixed[:frozen] = True
         params, history = optimize(
             data, None, self.config, self.device, params, frozen=fixed, freeze_focal=True,
-            pin_scale=False,
+            pin_scale=True,
         )  # fmt: skip
-        return self._store(ids, edges, params, fixed, history, time.perf_counter() - t0)
+        return self._store(ids, edges, params, gauge, fixed, history, time.perf_counter() - t0)
 
-    def _params(self, ids: list[int], edges: list[_Edge]) -> dict[str, np.ndarray]:
-        """The solver's parameters (:mod:`.params`) from the stored state."""
+    def _params(self, ids: list[int], edges: list[_Edge]) -> tuple[dict[str, np.ndarray], float]:
+        """The solver's parameters (:mod:`.params`) from the stored state, and the gauge ``c``.
+
+        The scale gauge is the official one (the pairwise scales' geometric mean pinned to
+        ``BASE_SCALE``), not the frozen keyframes alone: with a single frozen keyframe the
+        objective, measured in world units, decreases by shrinking every other keyframe towards
+        it. The world is multiplied by ``c`` so that the stored state satisfies the gauge; the
+        solution is divided by ``c`` again (:meth:`_store`)."""
         kfs = [self.keyframes[k] for k in ids]
+        pw = np.stack([e.pw if e.pw is not None else self._edge_init(e) for e in edges])
+        gauge = float(P.BASE_SCALE / np.exp(np.mean(pw[:, 7])))
+        pw[:, 7] += np.log(gauge)  # σ_e·c; τ = t_e/σ_e is unchanged by the common factor
         poses = np.stack([k.pose for k in kfs])
         im = np.zeros((len(ids), 7), np.float32)
         im[:, :4] = P.rotmat_to_quat(poses[:, :3, :3])
-        im[:, 4:7] = P.signed_log1p(poses[:, :3, 3])
-        pw = np.stack([e.pw if e.pw is not None else self._edge_init(e) for e in edges])
-        return {
-            "log_depth": np.stack([k.log_depth for k in kfs]).astype(np.float32),
+        im[:, 4:7] = P.signed_log1p(gauge * poses[:, :3, 3])
+        params = {
+            "log_depth": np.stack([k.log_depth for k in kfs]).astype(np.float32)
+            + np.float32(np.log(gauge)),
             "im_poses": im,
             "focal": (P.FOCAL_BREAK * np.log([k.focal for k in kfs])).astype(np.float32),
             "pw_poses": pw.astype(np.float32),
         }
+        return params, gauge
 
     def _edge_init(self, e: _Edge) -> np.ndarray:
         """Pairwise pose of a new edge: weighted Procrustes of its view-i map onto keyframe i's
@@ -198,24 +208,28 @@ class KeyframeAligner:
         pw[7] = np.log(s)
         return pw
 
-    def _store(self, ids, edges, params, fixed, history, seconds) -> RefineResult:
-        """Write a solve's parameters back into the state; report what moved."""
-        geo = P.geometry(params, len(ids), pin_scale=False)
+    def _store(self, ids, edges, params, gauge, fixed, history, seconds) -> RefineResult:
+        """Write a solve's parameters back into the state (world divided by the gauge ``c``
+        again); report what moved."""
+        geo = P.geometry(params, len(ids), pin_scale=True)
         out = RefineResult(energy=[float(x) for x in history], seconds=seconds)
+        log_c = np.float32(np.log(gauge))
         for s, k in enumerate(ids):
             if fixed[s]:
                 continue
             kf = self.keyframes[k]
-            new = np.asarray(params["log_depth"][s], np.float32)
+            new = np.asarray(params["log_depth"][s], np.float32) - log_c
             pose = np.eye(4)
             pose[:3, :3] = geo.rot[s]
-            pose[:3, 3] = geo.trans[s]
+            pose[:3, 3] = geo.trans[s] / gauge
             out.scales[k] = float(np.exp(np.median(new - kf.log_depth)))
             out.poses[k] = pose
             out.keyframes.append(k)
             kf.log_depth, kf.pose = new, pose
-        for e, pw in zip(edges, params["pw_poses"], strict=True):
+        sigma = geo.edge_scale / gauge  # absolute pairwise scales, in the stored world
+        for e, pw, sig in zip(edges, params["pw_poses"], sigma, strict=True):
             e.pw = np.asarray(pw, np.float64).copy()
+            e.pw[7] = np.log(sig)
         return out
 
     def nbytes(self) -> int:

@@ -55,9 +55,12 @@ class StreamConfig:
             LM, 10 iterations, no camera-smoothness term).
 
     Dynamic masks —
-        masks: ``"flow"`` (DIS flow t → t−1 against the tracked ego-flow), ``"geometric"``
+        masks: ``"flow"`` (DIS flow t → t−k against the tracked ego-flow), ``"geometric"``
             (no flow: depth disagreement with the keyframe) or ``"none"`` [flow].
         mask_threshold: score above which a pixel is moving [0.5].
+        mask_gap: k, the frame the flow goes back to (t−k; fewer at the stream's start): a few
+            frames apart, object motion stands out from the flow's noise much better than
+            between consecutive frames [3].
         flow_preset: DIS preset [``"fast"``].
 
     Memory —
@@ -85,6 +88,7 @@ class StreamConfig:
     align: AlignConfig = field(default_factory=default_config)
     masks: str = "flow"
     mask_threshold: float = 0.5
+    mask_gap: int = 3
     flow_preset: str = "fast"
     keep: str = "all"
 
@@ -102,7 +106,7 @@ class StreamConfig:
         for name, (lo, hi) in ranges.items():
             if not lo <= getattr(self, name) <= hi:
                 raise ValueError(f"StreamConfig.{name} must be in [{lo}, {hi}]")
-        positive = ("keyframe_baseline", "keyframe_max_gap", "track_stride", "track_iters",
+        positive = ("keyframe_baseline", "keyframe_max_gap", "mask_gap", "track_stride", "track_iters",
                     "track_huber", "window", "refine_pixels")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:

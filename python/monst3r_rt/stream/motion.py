@@ -1,11 +1,12 @@
 """Online dynamic masks for the streaming mode: one flow per frame, scored against the ego-flow
 of the tracked camera, as :func:`monst3r_rt.dynamic_masks`' ``robust`` method scores it.
 
-- ``flow`` (default): DIS flow from frame t to frame t−1 (t's pixel grid), the ego-flow that the
-  camera motion t → t−1 and frame t's depth predict (:func:`monst3r_rt.egoflow.ego_flow_error`,
+- ``flow`` (default): DIS flow from frame t to an earlier frame t−k (t's pixel grid), the ego-flow that the
+  camera motion t → t−k and frame t's depth predict (:func:`monst3r_rt.egoflow.ego_flow_error`,
   the C++ kernel), the per-pixel end-point error turned into a score by
   :func:`monst3r_rt.masks.robust_scores` (error above the map's median in units of its robust
-  noise scale); pixels whose flow leaves the image do not vote.
+  noise scale); pixels whose flow leaves the image or fails the forward-backward check (a second
+  DIS flow, t−k → t) do not vote and are never marked.
 - ``geometric`` (no flow): frame t's points moved into the keyframe's camera by the tracked poses
   and compared with the keyframe's depth where they land; the relative depth disagreement is
   scored the same way. Occlusion boundaries can score as motion; the flow method is better.
@@ -16,13 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..egoflow import ego_flow_error
-from ..flow import dis_flow
+from ..flow import dis_flow, forward_backward_error
 from ..geometry import project, relative_pose, transform_points, unproject_depth
 from ..masks import robust_scores
 
 __all__ = ["flow_mask", "geometric_mask", "MASK_METHODS"]
 
 MASK_METHODS = ("flow", "geometric", "none")
+FB_THRESHOLD_PX = 3.0  # as the offline robust method's default fb_threshold
 
 
 def flow_mask(
@@ -36,13 +38,13 @@ def flow_mask(
     threshold: float = 0.5,
     preset: str = "fast",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Moving pixels of frame t from the flow t → t−1.
+    """Moving pixels of frame t from the flow t → t−k.
 
     Args:
-        image, prev_image: (H,W,3) uint8 RGB of frames t and t−1.
+        image, prev_image: (H,W,3) uint8 RGB of frames t and t−k.
         depth: (H,W) float32 z-depth of frame t (world units).
-        focal, prev_focal: focal lengths of t and t−1 in pixels (principal point at the centre).
-        pose, prev_pose: (4,4) camera-to-world poses of t and t−1 (world units).
+        focal, prev_focal: focal lengths of t and t−k in pixels (principal point at the centre).
+        pose, prev_pose: (4,4) camera-to-world poses of t and t−k (world units).
         threshold: a pixel is moving when its score (0..1) exceeds this.
         preset: DIS preset (``"ultrafast"``, ``"fast"``, ``"medium"``).
 
@@ -50,16 +52,20 @@ def flow_mask(
         ``(mask (H,W) bool, score (H,W) float32)``.
     """
     h, w = depth.shape
-    flow = dis_flow(image[None], prev_image[None], preset)
-    rot, trans = relative_pose(pose, prev_pose)  # camera t → camera t−1
+    flow = dis_flow(np.stack([image, prev_image]), np.stack([prev_image, image]), preset)
+    rot, trans = relative_pose(pose, prev_pose)  # camera t → camera t−k
     err = ego_flow_error(
         np.ascontiguousarray(depth[None], np.float32), focal, prev_focal,
-        rot.astype(np.float32), trans.astype(np.float32), flow,
+        rot.astype(np.float32), trans.astype(np.float32), flow[:1],
     )  # fmt: skip
     xs = np.arange(w, dtype=np.float32)[None, :] + flow[0, 0]
     ys = np.arange(h, dtype=np.float32)[:, None] + flow[0, 1]
     inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1) & (depth > 0)
-    score = robust_scores(err, inside[None])[0]
+    # pixels whose flow fails the forward-backward check (occluded or disoccluded between the
+    # two frames) have no reliable flow: they neither vote for the statistics nor get a score
+    consistent = forward_backward_error(flow[:1], flow[1:])[0] < FB_THRESHOLD_PX
+    usable = inside & consistent
+    score = np.where(usable, robust_scores(err, usable[None])[0], 0.0).astype(np.float32)
     return score > threshold, score
 
 

@@ -10,7 +10,7 @@ Per pushed frame t (current keyframe K):
    Gauss–Newton/IRLS, weights log-confidence × K's static mask; C++ kernel with a CUDA twin:
    :func:`monst3r_rt.stream.tracking.track_sim3`) gives t's camera-to-world pose and the scale of
    its depth (``depth = s · pts1_z``); focal by Weiszfeld on ``pts1`` (running mean when shared);
-3. dynamic mask from the flow t → t−1 against the tracked ego-flow (:mod:`.motion`);
+3. dynamic mask from the flow t → t−k against the tracked ego-flow (:mod:`.motion`);
 4. keyframe rule (overlap, baseline, gap): a new keyframe is decoded against 1–2 more previous
    keyframes (cached tokens) and the keyframe graph is refined with the global-alignment
    objective over a sliding window (:class:`monst3r_rt.align.incremental.KeyframeAligner`) in a
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +143,8 @@ class Stream:
         self._kf_static: dict[int, np.ndarray] = {}  # window keyframes' static masks (refine grid)
         self._records: list[_FrameRecord] = []
         self._kept: list[tuple[np.ndarray, ...]] = []
-        self._prev: tuple[np.ndarray, np.ndarray, float] | None = None  # image, pose, focal
+        # the last mask_gap frames (image, pose, focal): the flow reference of the masks
+        self._prev: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=cfg.mask_gap)
         self._log_focals: list[float] = []
         self._shape: tuple[int, int] | None = None
         self._closed = False
@@ -245,7 +247,7 @@ class Stream:
             self._kept.append((rgb, depth, conf, mask))
         timings["output"] = time.perf_counter() - t0
         self._records.append(record)
-        self._prev = (rgb, pose, focal)
+        self._prev.append((rgb, pose, focal))
         self.last_image = rgb
         timings["total"] = time.perf_counter() - t_start
         k = intrinsic_matrix(focal, (depth.shape[1] / 2, depth.shape[0] / 2))
@@ -331,8 +333,8 @@ class Stream:
         t0 = time.perf_counter()
         mask = np.zeros(depth.shape, bool)
         method = self.config.masks
-        if method == "flow" and self._prev is not None:
-            prev_rgb, prev_pose, prev_focal = self._prev
+        if method == "flow" and self._prev:
+            prev_rgb, prev_pose, prev_focal = self._prev[0]
             clean = np.where(np.isfinite(depth), depth, 0).astype(np.float32)
             mask = flow_mask(rgb, prev_rgb, clean, focal, prev_focal, pose, prev_pose,
                              self.config.mask_threshold, self.config.flow_preset)[0]  # fmt: skip
@@ -523,6 +525,5 @@ class Stream:
         total = sum(kf.cam_pts.nbytes + kf.weight.nbytes for kf in self._keyframes)
         total += sum(a.nbytes for a in self._kf_static.values())
         total += sum(a.nbytes for f in self._kept for a in f)
-        if self._prev is not None:
-            total += self._prev[0].nbytes
+        total += sum(p[0].nbytes for p in self._prev)
         return total
