@@ -69,10 +69,14 @@ def _lad_adam(p: np.ndarray, g: np.ndarray, s: float) -> tuple[float, float]:
     m = np.zeros(2)
     v = np.zeros(2)
     prev = None
+    r = np.empty_like(p)
+    sg = np.empty_like(p)
     for k in range(1, _LAD_ITERS + 1):
-        r = x[0] * p + x[1] - g
-        loss = float(np.abs(r).sum())
-        sg = np.sign(r)  # d|r|/dr, 0 at 0 as torch.abs
+        np.multiply(p, x[0], out=r)  # in place: one step is a few passes over the pixels
+        r += x[1]
+        r -= g
+        np.sign(r, out=sg)  # d|r|/dr, 0 at 0 as torch.abs
+        loss = float(sg @ r)  # Σ|r|
         grad = np.array([float(sg @ p), float(sg.sum())])
         m = _ADAM_B1 * m + (1 - _ADAM_B1) * grad
         v = _ADAM_B2 * v + (1 - _ADAM_B2) * grad * grad
