@@ -226,8 +226,8 @@ class Reconstruction:
             # every step-th static point of the whole sequence, as thin_points(point_cloud(...))
             keep = frame_keep(pts, conf, mask, static_only=True)
             first = -seen % step
-            scene_pts.append(pts[keep][first::step])
-            scene_rgb.append(image[keep][first::step])
+            scene_pts.append(pts[keep][first::step].copy())  # not views keeping the frame alive
+            scene_rgb.append(image[keep][first::step].copy())
             seen += int(keep.sum())
         pts = np.concatenate(scene_pts) if n else np.zeros((0, 3), np.float32)
         rgb = np.concatenate(scene_rgb) if n else np.zeros((0, 3), np.uint8)
