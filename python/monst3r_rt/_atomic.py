@@ -37,30 +37,46 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool) -> str:
     return path
 
 
+def partial_dir(path: str | os.PathLike[str]) -> str:
+    """A new empty temporary folder beside ``path`` (``.NAME.partial-XXXX``, so that a crashed
+    run's leftovers are recognisable), for :func:`commit_dir` to rename into place."""
+    path = os.fspath(path).rstrip(os.sep)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+
+
+def commit_dir(tmp: str, path: str | os.PathLike[str]) -> None:
+    """Rename the complete folder ``tmp`` to ``path``; an existing ``path`` is moved aside first
+    and deleted only once the new one is in place (put back if the rename fails). The caller
+    checked ``path`` (:func:`check_output_dir`)."""
+    path = os.fspath(path).rstrip(os.sep)
+    parent = os.path.dirname(os.path.abspath(path))
+    backup = None
+    if os.path.exists(path):
+        backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        os.replace(path, os.path.join(backup, "old"))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if backup is not None:  # put the user's folder back
+            os.replace(os.path.join(backup, "old"), path)
+            os.rmdir(backup)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an existing
     folder is moved aside first and deleted only once the new one is in place); on any error,
     or an interrupt, the temporary folder is removed and ``path`` is untouched."""
     path = check_output_dir(path, overwrite).rstrip(os.sep)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    tmp = partial_dir(path)
     try:
         yield tmp
-        backup = None
-        if os.path.exists(path):
-            backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-            os.replace(path, os.path.join(backup, "old"))
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if backup is not None:  # put the user's folder back
-                os.replace(os.path.join(backup, "old"), path)
-                os.rmdir(backup)
-            raise
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        commit_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,13 +9,17 @@ renames into place once complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.lib import format as npformat
 
 from .geometry import (
     frustum_lines,
@@ -29,7 +33,7 @@ from .geometry import (
 __all__ = [
     "write_official_traj", "read_official_traj", "write_tum", "read_tum", "write_intrinsics",
     "write_depth_png", "read_depth_png", "write_ply", "read_ply", "write_glb", "read_glb",
-    "write_colmap", "read_colmap_images",
+    "write_colmap", "read_colmap_images", "write_npz", "open_npz_lazy",
 ]  # fmt: skip
 
 
@@ -266,3 +270,66 @@ def read_colmap_images(path: str) -> tuple[list[str], np.ndarray]:
         poses.append(np.linalg.inv(w2c))
         names.append(el[9])
     return names, np.stack(poses)
+
+
+# ---- .npz written and read one frame at a time --------------------------------------------------
+def write_npz(path: str, arrays: Mapping[str, Any]) -> None:
+    """An uncompressed ``.npz`` that ``np.load`` reads back exactly as if ``np.savez`` had written
+    it, streamed one leading-axis slice at a time: each value only needs ``.shape``, ``.dtype``
+    and ``value[i]`` (e.g. a lazy per-frame array), so memory stays O(one slice). Values without
+    a ``.dtype`` go through ``np.asarray``; every entry is written in C order."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            if not hasattr(arr, "dtype"):
+                arr = np.asarray(arr)
+            shape, dtype = tuple(int(s) for s in np.shape(arr)), np.dtype(arr.dtype)
+            if dtype.hasobject:
+                raise ValueError(f"{path}: array {key!r} holds Python objects ({dtype})")
+            header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": shape}  # fmt: skip
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                try:  # the version np.save picks: 1.0 unless the header is too long
+                    npformat.write_array_header_1_0(f, header)
+                except ValueError:
+                    npformat.write_array_header_2_0(f, header)
+                parts = [arr] if not shape else (arr[i] for i in range(shape[0]))
+                for i, part in enumerate(parts):
+                    part = np.asarray(part, dtype, order="C")
+                    if part.shape != shape[1:] and shape:
+                        raise ValueError(f"{path}: {key}[{i}] has shape {part.shape}, expected "
+                                         f"{shape[1:]}")  # fmt: skip
+                    f.write(part.reshape(-1).view(np.uint8).data)
+
+
+def open_npz_lazy(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` by name, memory-mapped read-only where the entry is stored
+    uncompressed (as :func:`write_npz` and ``np.savez`` write them): nothing is read until
+    indexed. Compressed entries are read eagerly; pickled objects are refused."""
+    path = os.fspath(path)
+    out: dict[str, np.ndarray] = {}
+    eager = []
+    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        for info in zf.infolist():
+            key = info.filename.removesuffix(".npy")
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{path}: entry {info.filename!r} has no local header")
+            n_name, n_extra = struct.unpack("<HH", local[26:30])
+            raw.seek(info.header_offset + 30 + n_name + n_extra)
+            version = npformat.read_magic(raw) if info.compress_type == zipfile.ZIP_STORED else None
+            if version not in ((1, 0), (2, 0)):
+                eager.append(key)
+                continue
+            read_header = npformat.read_array_header_1_0 if version == (1, 0) else (
+                npformat.read_array_header_2_0)  # fmt: skip
+            shape, fortran, dtype = read_header(raw)
+            if dtype.hasobject or math.prod(shape) == 0:
+                eager.append(key)
+                continue
+            mm = np.memmap(path, dtype, "r", raw.tell(), shape, "F" if fortran else "C")
+            out[key] = mm.view(np.ndarray)
+    if eager:
+        with np.load(path, allow_pickle=False) as data:
+            out.update({k: data[k] for k in eager})
+    return out
