@@ -274,6 +274,11 @@ def test_bad_input_names_frame_and_array(tmp_path):
         writer.finalize(rec.poses, rec.intrinsics[:1])
     with pytest.raises(ValueError, match="depth_scales must be finite and > 0, frame 0"):
         writer.finalize(rec.poses[:1], rec.intrinsics[:1], depth_scales=[0.0])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "new.txt").write_text("written meanwhile")
+    with pytest.raises(FileExistsError, match="not empty"):
+        writer.finalize(rec.poses[:1], rec.intrinsics[:1])
+    os.remove(tmp_path / "out" / "new.txt")
     assert writer.frames_written == 1 and not writer.closed  # bad arguments: still open
     writer.finalize(rec.poses[:1], rec.intrinsics[:1])
     assert len(Reconstruction.load(tmp_path / "out")) == 1

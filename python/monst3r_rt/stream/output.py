@@ -219,8 +219,9 @@ class StreamWriter:
         meta: dict[str, Any] | None = None,
     ) -> Reconstruction:
         """Write the remaining files of the frames written so far and rename the folder into
-        place (replacing an existing ``out_dir`` only with ``overwrite``). Bad arguments raise
-        ValueError and leave the writer open (fix them, or :meth:`abort`); any later error or
+        place (replacing an existing ``out_dir`` only with ``overwrite``). Bad arguments (and an
+        ``out_dir`` filled meanwhile, without ``overwrite``) raise ValueError (FileExistsError)
+        and leave the writer open (fix them, or :meth:`abort`); any later error or
         interrupt removes the temporary folder and leaves ``out_dir`` untouched. Safe to call
         from a ``KeyboardInterrupt`` handler: no partial folder ever appears at ``out_dir``.
 
@@ -250,8 +251,8 @@ class StreamWriter:
             if bad.size:
                 raise ValueError(f"depth_scales must be finite and > 0, frame {bad[0]} has "
                                  f"{scales[bad[0]]}")  # fmt: skip
+        check_output_dir(self._out, self._overwrite)  # it may have been filled meanwhile
         try:
-            check_output_dir(self._out, self._overwrite)  # it may have been filled meanwhile
             for pattern in FRAME_FILES.values():  # a frame interrupted mid-write
                 path = os.path.join(tmp, pattern.format(n))
                 if os.path.exists(path):
