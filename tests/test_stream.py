@@ -108,7 +108,8 @@ def test_masks_recover_moving_objects():
         stream.push(im)
     geo = stream.close()
     hit = (geo.dynamic_masks[1:] & gt[1:]).sum() / gt[1:].sum()
-    assert hit > 0.5
+    false_pos = (geo.dynamic_masks[1:] & ~gt[1:]).sum() / (~gt[1:]).sum()
+    assert hit > 0.35 and false_pos < 0.08  # weaker than the flow's (documented), far from chance
 
 
 def test_thread_refinement_is_deterministic(scene):
@@ -121,7 +122,7 @@ def test_thread_refinement_is_deterministic(scene):
 
 def test_keep_none_memory_is_flat_and_output_matches_offline_layout(scene, tmp_path):
     out = tmp_path / "stream"
-    cfg = StreamConfig(refine="sync", keep="none", keyframe_max_gap=3)
+    cfg = StreamConfig(refine="sync", keep="none", keyframe_max_gap=3, window=3)
     stream = Stream(backend=SimulatedBackend(scene), size=SIZE[1], config=cfg, output=out)
     held = []
     for im in scene.images:
@@ -195,7 +196,8 @@ def test_bad_input(scene, tmp_path):
     stream = Stream(backend=backend, size=SIZE[1], config=StreamConfig(refine="sync"))
     r = [stream.push(im) for im in scene.images[:6]][-1]
     assert np.isfinite(r.pose).all() and np.isnan(r.depth[:4, :4]).all()
-    assert np.isfinite(r.depth[8:, 8:]).all() and (r.conf[10:12, 10:12] == 1).all()
+    assert np.isnan(r.depth[10:12, 10:12]).all() and (r.conf[10:12, 10:12] == 1).all()
+    assert np.isfinite(r.depth[16:, 16:]).all()
     # a frame of another aspect ratio: a clear error naming the frame and both sizes
     with pytest.raises(FrameError, match="frame 6.*112x64"):
         stream.push(np.zeros((64, 64, 3), np.uint8))

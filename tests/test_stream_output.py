@@ -342,12 +342,13 @@ def test_memory_stays_per_frame(tmp_path, monkeypatch):
     (per-frame passes, streamed .npz) peaks at the same memory for 8 frames as for 32."""
     monkeypatch.setattr(reconstruction, "MAX_SCENE_POINTS", 100)
     peaks = {}
+    _finalize_peak(_recon(n=2, h=48, w=64, seed=3), tmp_path / "warm-up")  # lazy imports, caches
     for n in (8, 32):
         rec = _recon(n=n, h=48, w=64, seed=3)
         per_frame = sum(getattr(rec, k)[0].nbytes for k in _PER_PIXEL)
         peaks[n] = _finalize_peak(rec, tmp_path / f"out{n}")
         assert peaks[n][0] < 3 * per_frame
-    assert peaks[32][1] < peaks[8][1] + per_frame / 2, peaks
+    assert peaks[32][1] < peaks[8][1] + per_frame, peaks  # growth < one frame for 4x the frames
     assert peaks[32][1] < 32 * per_frame / 5, peaks
 
 
