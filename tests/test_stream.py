@@ -235,3 +235,30 @@ def test_stream_video_folder_and_max_frames(scene, tmp_path):
     assert len(video.reconstruction) == 5 and len(Reconstruction.load(tmp_path / "out")) == 5
     with pytest.raises(FrameError, match="does not exist"):
         stream_video(tmp_path / "missing", backend=SimulatedBackend(scene))
+
+
+def test_cli_stream(workdir, tmp_path, capsys):
+    """``monst3r-rt stream`` on the tiny random-weight checkpoint: a valid output folder, the
+    summary, and the same refusals as ``run``."""
+    pytest.importorskip("torch")
+    from monst3r_rt import cli
+
+    d, ckpt = workdir
+    out = tmp_path / "live"
+    args = ["stream", str(d / "clip"), "-o", str(out), "--weights", str(ckpt), "--size", "224",
+            "--device", "cpu", "--max-frames", "6", "-q"]  # fmt: skip
+    assert cli.main(args) == 0
+    summary = capsys.readouterr().out
+    assert "decoder passes" in summary and "network" in summary and str(out) in summary
+    rec = Reconstruction.load(out)
+    assert len(rec) == 6 and rec.meta["mode"] == "stream" and rec.meta["encodes"] == 6
+    assert cli.main(args) == 2  # an existing output folder is refused before any work
+    assert "not empty" in capsys.readouterr().err
+    target = tmp_path / "never"
+    code = cli.main(["stream", str(tmp_path / "missing.mp4"), "-o", str(target), "--weights",
+                     str(ckpt), "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.mp4" in err and not target.exists()
+    code = cli.main(["stream", "7", "-o", str(target), "--weights", str(ckpt), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "camera" in err and not target.exists()

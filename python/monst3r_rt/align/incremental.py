@@ -201,7 +201,10 @@ class KeyframeAligner:
         w = np.log(e.conf_i).reshape(-1).astype(np.float64)
         ok = np.isfinite(e.pts_i).all(-1).reshape(-1) & (w > 0)
         src = e.pts_i.reshape(-1, 3)[ok].astype(np.float64)
-        s, rot, t = weighted_procrustes(src, world.reshape(-1, 3)[ok], w[ok], with_scale=True)
+        try:
+            s, rot, t = weighted_procrustes(src, world.reshape(-1, 3)[ok], w[ok], with_scale=True)
+        except ValueError:  # no usable pixel (degenerate prediction): start from keyframe i
+            s, rot, t = 1.0, kf.pose[:3, :3], kf.pose[:3, 3]
         pw = np.zeros(8)
         pw[:4] = P.rotmat_to_quat(rot[None])[0]
         pw[4:7] = P.signed_log1p(t / s)

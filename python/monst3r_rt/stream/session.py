@@ -151,6 +151,7 @@ class Stream:
         self.last_image: np.ndarray | None = None  # the last frame at model resolution (uint8)
         self.encodes = 0
         self.lost = 0  # frames whose tracking failed (they keep the previous frame's pose)
+        self.focal_fallbacks = 0  # frames whose focal could not be estimated (previous focal)
         self._last_track: tuple[np.ndarray, float] = (np.eye(4), 1.0)
         self.decodes = 0
         self.refinements: list[RefineResult] = []
@@ -326,8 +327,14 @@ class Stream:
         weights = np.where(_decimate(conf1, 2) > self.config.conf_threshold, 1.0, 0.0)
         if not weights.any():
             weights = np.ones_like(weights)
-        f = estimate_focal(sub, pp=(w / 4, h / 4), weights=weights.astype(np.float32))
-        return 2.0 * f
+        try:
+            f = 2.0 * estimate_focal(sub, pp=(w / 4, h / 4), weights=weights.astype(np.float32))
+        except ValueError:  # no finite point
+            f = float("nan")
+        if not (np.isfinite(f) and f > 0):  # a degenerate pointmap: the previous focal
+            self.focal_fallbacks += 1
+            return float(np.exp(self._log_focals[-1])) if self._log_focals else float(max(h, w))
+        return f
 
     def _mask(self, rgb, depth, focal, pose, ref, timings) -> np.ndarray:
         t0 = time.perf_counter()
@@ -504,7 +511,8 @@ class Stream:
         scales = self._depth_scales()
         meta = dict(self._meta, backend=getattr(self.backend, "name", "custom"),
                     encodes=self.encodes, decodes=self.decodes, keyframes=self.keyframes,
-                    refinements=len(self.refinements), lost=self.lost)  # fmt: skip
+                    refinements=len(self.refinements), lost=self.lost,
+                    focal_fallbacks=self.focal_fallbacks)  # fmt: skip
         if self._writer is not None:
             rec = self._writer.finalize(poses, k, scales, meta)
             if self.config.keep == "none":
