@@ -1,7 +1,9 @@
 """The streaming mode's tracking op (``_core.sim3_normal_equations``, its CUDA twin and
 ``monst3r_rt.stream.tracking``) against independent references: a NumPy float64 twin that builds
 every 3x7 Jacobian explicitly, central finite differences of the robust cost and of the residuals
-through the exact update, and exactly transformed point sets (with and without gross outliers)."""
+through the exact update, and exactly transformed point sets (with and without gross outliers).
+The anisotropic residual (``axis``, ``axial_weight``) is checked the same way, plus a scene with
+smooth depth noise along the keyframe's viewing rays, where it must beat the isotropic fit."""
 
 from __future__ import annotations
 
@@ -16,13 +18,25 @@ from monst3r_rt.geometry import rotvec_to_rotmat, weighted_procrustes
 from monst3r_rt.stream.tracking import Sim3Fit, sim3_normal_equations, track_sim3
 
 HUBER = 0.05
+AXIAL_WEIGHTS = [1.0, 0.25, 0.01]
 
 
 # ---- NumPy float64 twin -------------------------------------------------------------------------
-def usable(src, dst, weight, inv_sigma) -> np.ndarray:
+def usable(src, dst, weight, inv_sigma, axis=None) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return ((weight > 0) & (inv_sigma > 0) & np.isfinite(weight) & np.isfinite(inv_sigma)
-                & np.isfinite(src).all(1) & np.isfinite(dst).all(1))  # fmt: skip
+        ok = ((weight > 0) & (inv_sigma > 0) & np.isfinite(weight) & np.isfinite(inv_sigma)
+              & np.isfinite(src).all(1) & np.isfinite(dst).all(1))  # fmt: skip
+        if axis is not None:
+            ok &= np.isfinite(axis).all(1) & (np.abs(axis).sum(1) > 0)
+    return ok
+
+
+def projector(axis, axial_weight) -> np.ndarray:
+    """(M,3,3) P = I − (1 − √w_a) â âᵀ (float64), â = axis/‖axis‖; identity without an axis."""
+    if axis is None:
+        return np.eye(3)[None]
+    unit = axis / np.linalg.norm(axis, axis=1, keepdims=True)
+    return np.eye(3) - (1 - np.sqrt(axial_weight)) * unit[:, :, None] * unit[:, None, :]
 
 
 def skew(x: np.ndarray) -> np.ndarray:
@@ -31,12 +45,14 @@ def skew(x: np.ndarray) -> np.ndarray:
                      np.stack([-x[:, 1], x[:, 0], z], -1)], 1)  # fmt: skip
 
 
-def residuals(src, dst, inv_sigma, scale, rot, trans, xi=None) -> np.ndarray:
-    """(M,3) r = inv_sigma (x'' − dst), x'' = e^λ Exp(ω) (s R src + t) + v (float64)."""
+def residuals(src, dst, inv_sigma, scale, rot, trans, xi=None, proj=None) -> np.ndarray:
+    """(M,3) r = inv_sigma P (x'' − dst), x'' = e^λ Exp(ω) (s R src + t) + v (float64);
+    P = ``proj`` (M,3,3) or the identity."""
     x = scale * src @ rot.T + trans
     xi = np.zeros(7) if xi is None else xi
     x = np.exp(xi[6]) * x @ rotvec_to_rotmat(xi[:3]).T + xi[3:6]
-    return inv_sigma[:, None] * (x - dst)
+    e = x - dst if proj is None else np.einsum("pij,pj->pi", proj, x - dst)
+    return inv_sigma[:, None] * e
 
 
 def huber_cost(weight, r, k) -> float:
@@ -44,20 +60,24 @@ def huber_cost(weight, r, k) -> float:
     return float(np.sum(weight * np.where(n <= k, 0.5 * n * n, k * (n - 0.5 * k))))
 
 
-def reference(src, dst, weight, inv_sigma, scale, rot, trans, k):
-    """(H, g, cost, count, inliers, scale of the terms) with explicit Jacobians."""
+def reference(src, dst, weight, inv_sigma, scale, rot, trans, k, axis=None, axial_weight=1.0):
+    """(H, g, cost, count, inliers, scale of the terms) with explicit Jacobians
+    ``J = inv_sigma P [−[x]× | I | x]``."""
     src, dst, weight, inv_sigma = (np.asarray(a, np.float64) for a in (src, dst, weight, inv_sigma))
-    ok = usable(src, dst, weight, inv_sigma)
+    axis = None if axis is None else np.asarray(axis, np.float64)
+    ok = usable(src, dst, weight, inv_sigma, axis)
     src, dst, weight, inv_sigma = src[ok], dst[ok], weight[ok], inv_sigma[ok]
+    proj = projector(None if axis is None else axis[ok], axial_weight)
     x = scale * src @ rot.T + trans
-    r = residuals(src, dst, inv_sigma, scale, rot, trans)
+    r = residuals(src, dst, inv_sigma, scale, rot, trans, proj=proj)
     n = np.linalg.norm(r, axis=1)
     h = np.where(n <= k, 1.0, k / n)
     jac = np.zeros((len(x), 3, 7))
     jac[:, :, :3] = -skew(x)
     jac[:, :, 3:6] = np.eye(3)
     jac[:, :, 6] = x
-    jac *= inv_sigma[:, None, None]
+    proj = np.broadcast_to(proj, (len(x), 3, 3))
+    jac = inv_sigma[:, None, None] * np.einsum("pij,pjk->pik", proj, jac)
     wh = weight * h
     hess = np.einsum("p,pia,pib->ab", wh, jac, jac)
     grad = np.einsum("p,pia,pi->a", wh, jac, r)
@@ -89,6 +109,16 @@ def random_problem(rng, m: int, outliers: float = 0.2):
     return arrays, (scale, rot, trans)
 
 
+def random_axes(rng, m: int) -> np.ndarray:
+    """(M,3) float32 directions of random lengths 0.5..2 (the kernel normalises them); axes 20..25
+    unusable: NaN, inf, zero."""
+    axis = rng.normal(size=(m, 3))
+    axis *= rng.uniform(0.5, 2, (m, 1)) / np.linalg.norm(axis, axis=1, keepdims=True)
+    axis[20, 0], axis[21, 2], axis[22] = np.nan, np.inf, 0.0
+    axis[23:26] = [[0, 0, -np.inf], [np.nan, 0, 0], [0, 0, 0]]
+    return np.ascontiguousarray(axis, np.float32)
+
+
 def perturbed(scale, rot, trans):
     return 1.1 * scale, rotvec_to_rotmat([0.05, 0.02, -0.03]) @ rot, trans + [0.05, 0.0, -0.1]
 
@@ -109,6 +139,71 @@ def test_kernel_matches_numpy_twin(rng, k) -> None:
     np.testing.assert_array_equal(ne.hessian, ne.hessian.T)
     raw = _core.sim3_normal_equations(*arrays, pose[0], pose[1], pose[2], k)
     np.testing.assert_array_equal(raw[0], ne.hessian)
+
+
+@pytest.mark.parametrize("k", [HUBER, np.inf])
+@pytest.mark.parametrize("axial_weight", AXIAL_WEIGHTS)
+def test_anisotropic_kernel_matches_numpy_twin(rng, k, axial_weight) -> None:
+    arrays, truth = random_problem(rng, 3000)
+    axis = random_axes(rng, 3000)
+    arrays[2][20:26] = 1.0  # the unusable axes are the only reason to drop these points
+    pose = perturbed(*truth)
+    hess, grad, cost, count, inliers, terms = reference(*arrays, *pose, k, axis, axial_weight)
+    ne = sim3_normal_equations(*arrays, *pose, k, axis=axis, axial_weight=axial_weight)
+    np.testing.assert_allclose(ne.hessian, hess, rtol=0, atol=1e-11 * np.abs(hess).max())
+    np.testing.assert_allclose(ne.gradient, grad, rtol=0, atol=1e-11 * terms)
+    assert ne.cost == pytest.approx(cost, rel=1e-11)
+    assert (ne.count, ne.inliers) == (count, inliers)
+    assert count == 3000 - np.count_nonzero(arrays[2] == 0) - 6 - 6
+    np.testing.assert_array_equal(ne.hessian, ne.hessian.T)
+    if axial_weight < 1:  # the axis changes the system
+        iso = sim3_normal_equations(*arrays, *pose, k)
+        assert np.abs(iso.hessian - ne.hessian).max() > 1e-3 * np.abs(hess).max()
+
+
+def test_axis_none_and_unit_axial_weight_are_the_isotropic_residual(rng) -> None:
+    """axis=None runs the isotropic loop (unchanged); any valid axis at w_a = 1 adds exact zeros,
+    so the three agree to the bit and match the isotropic twin."""
+    arrays, truth = random_problem(rng, 5000)
+    pose = perturbed(*truth)
+    axis = random_axes(rng, 5000)
+    axis[20:26] = 1.0  # all usable
+    plain = sim3_normal_equations(*arrays, *pose, HUBER)
+    none = sim3_normal_equations(*arrays, *pose, HUBER, axis=None, axial_weight=0.3)
+    unit = sim3_normal_equations(*arrays, *pose, HUBER, axis=axis, axial_weight=1.0)
+    for ne in (none, unit):
+        np.testing.assert_array_equal(ne.hessian, plain.hessian)
+        np.testing.assert_array_equal(ne.gradient, plain.gradient)
+        assert (ne.cost, ne.count, ne.inliers) == (plain.cost, plain.count, plain.inliers)
+    hess, grad, cost, count, inliers, terms = reference(*arrays, *pose, HUBER)
+    np.testing.assert_allclose(plain.hessian, hess, rtol=0, atol=1e-11 * np.abs(hess).max())
+    assert (plain.count, plain.inliers) == (count, inliers)
+    src, dst, truth_pose = exact_scene(rng, 500)
+    w, isig = np.ones(500), 1 / src[:, 2]
+    start = perturbed(*truth_pose)
+    a = track_sim3(src, dst, w, isig, init=start, iters=5)
+    b = track_sim3(src, dst, w, isig, init=start, iters=5, axis=dst, axial_weight=1.0)
+    assert (a.scale, a.cost, a.iters) == (b.scale, b.cost, b.iters)
+    np.testing.assert_array_equal(a.rot, b.rot)
+
+
+def test_invalid_axis_drops_the_point_exactly(rng) -> None:
+    """A NaN / inf / zero axis adds exact zeros, like a zero weight."""
+    arrays, truth = random_problem(rng, 2000)
+    axis = random_axes(rng, 2000)
+    arrays[2][20:26] = 1.0
+    pose = perturbed(*truth)
+    bad = sim3_normal_equations(*arrays, *pose, HUBER, axis=axis, axial_weight=0.1)
+    fixed, zero_w = axis.copy(), arrays[2].copy()
+    fixed[20:26] = [1, 0, 0]
+    zero_w[20:26] = 0
+    dropped = sim3_normal_equations(arrays[0], arrays[1], zero_w, arrays[3], *pose, HUBER,
+                                    axis=fixed, axial_weight=0.1)  # fmt: skip
+    np.testing.assert_array_equal(bad.hessian, dropped.hessian)
+    np.testing.assert_array_equal(bad.gradient, dropped.gradient)
+    assert (bad.cost, bad.count, bad.inliers) == (dropped.cost, dropped.count, dropped.inliers)
+    kept = sim3_normal_equations(*arrays, *pose, HUBER, axis=fixed, axial_weight=0.1)
+    assert kept.count == bad.count + 6
 
 
 def test_no_usable_point_gives_zeros() -> None:
@@ -144,6 +239,37 @@ def test_gradient_and_hessian_are_the_derivatives_of_the_cost(rng) -> None:
                      - residuals(src, dst, inv_sigma, *pose, -d)) / (2 * eps) for d in basis],
                    -1)  # fmt: skip
     n = np.linalg.norm(residuals(src, dst, inv_sigma, *pose), axis=1)
+    wh = weight * np.where(n <= HUBER, 1.0, HUBER / n)
+    fd_hess = np.einsum("p,pia,pib->ab", wh, jac, jac)
+    np.testing.assert_allclose(ne.hessian, fd_hess, rtol=0, atol=1e-7 * np.abs(fd_hess).max())
+
+
+@pytest.mark.parametrize("axial_weight", [0.01, 0.25])
+def test_anisotropic_gradient_and_hessian_are_the_derivatives_of_the_cost(
+    rng, axial_weight
+) -> None:
+    arrays, truth = random_problem(rng, 400)
+    axis = random_axes(rng, 400)
+    pose = perturbed(*truth)
+    src, dst, weight, inv_sigma, ax = (np.asarray(a, np.float64) for a in (*arrays, axis))
+    ok = usable(src, dst, weight, inv_sigma, ax)
+    src, dst, weight, inv_sigma = src[ok], dst[ok], weight[ok], inv_sigma[ok]
+    proj = projector(ax[ok], axial_weight)
+    ne = sim3_normal_equations(*arrays, *pose, HUBER, axis=axis, axial_weight=axial_weight)
+
+    def res(xi):
+        return residuals(src, dst, inv_sigma, *pose, xi, proj)
+
+    def cost(xi):
+        return huber_cost(weight, res(xi), HUBER)
+
+    eps = 1e-6
+    basis = np.eye(7) * eps
+    fd_grad = np.array([(cost(d) - cost(-d)) / (2 * eps) for d in basis])
+    np.testing.assert_allclose(ne.gradient, fd_grad, rtol=0, atol=1e-6 * np.abs(fd_grad).max())
+    assert ne.cost == pytest.approx(cost(np.zeros(7)), rel=1e-12)
+    jac = np.stack([(res(d) - res(-d)) / (2 * eps) for d in basis], -1)
+    n = np.linalg.norm(res(None), axis=1)
     wh = weight * np.where(n <= HUBER, 1.0, HUBER / n)
     fd_hess = np.einsum("p,pia,pib->ab", wh, jac, jac)
     np.testing.assert_allclose(ne.hessian, fd_hess, rtol=0, atol=1e-7 * np.abs(fd_hess).max())
@@ -209,11 +335,55 @@ def test_track_iters_zero_returns_the_start(rng) -> None:
     np.testing.assert_array_equal(fit.rot, init[1])
 
 
+def depth_noise_scene(rng, noise: float = 0.03):
+    """A keyframe (centre ``centre``, rotation ``rot_k``) sees world points ``dst`` at depths
+    2..4.2 along unit rays ``axis`` (world frame, a 48x64 grid). Frame t's camera-frame points
+    ``src`` are those points moved along their rays by a smooth zero-mean multiplicative depth
+    error of at most ``noise``, mapped by the inverse of the known Sim(3) ``truth``."""
+    h, w = 48, 64
+    v, u = np.mgrid[0:h, 0:w]
+    un, vn = (u - w / 2) / (w / 2) * 0.6, (v - h / 2) / (h / 2) * 0.45
+    depth = (3 + np.sin(2 * un) + 0.5 * np.cos(3 * vn) + rng.uniform(0, 0.2, (h, w))).ravel()
+    centre, rot_k = np.array([0.5, -0.3, 0.2]), rotvec_to_rotmat([0.1, 0.2, -0.05])
+    rays = np.stack([un, vn, np.ones_like(un)], -1).reshape(-1, 3)
+    axis = rays / np.linalg.norm(rays, axis=1, keepdims=True) @ rot_k.T
+    dst = centre + depth[:, None] * axis
+    field = (0.6 * np.sin(1.7 * un + 0.4) + 0.5 * vn + 0.4 * np.cos(2.3 * vn - 0.7 * un)).ravel()
+    field -= field.mean()
+    field *= noise / np.abs(field).max()
+    noisy = centre + (depth * (1 + field))[:, None] * axis
+    scale, rot, trans = 1.3, rotvec_to_rotmat([0.2, -0.3, 0.1]), np.array([0.4, 0.1, -0.6])
+    src = (noisy - trans) @ rot / scale
+    return src, dst, 1 / depth, axis, (scale, rot, trans)
+
+
+def test_anisotropic_residual_ignores_depth_noise_along_the_rays(rng) -> None:
+    """3% smooth depth noise along the keyframe rays biases the isotropic fit (rotation ~0.03
+    rad, translation ~0.1 m here); with axial_weight = 0.01 only the across-ray errors count
+    (exact here) and the weak along-ray term fixes the scale about the keyframe centre."""
+    src, dst, inv_sigma, axis, truth = depth_noise_scene(rng)
+    weight = np.ones(len(src))
+    iso = pose_error(track_sim3(src, dst, weight, inv_sigma, iters=30), truth)
+    fit = track_sim3(src, dst, weight, inv_sigma, iters=30, axis=axis, axial_weight=0.01)
+    aniso = pose_error(fit, truth)
+    assert iso[1] > 5 * aniso[1] and iso[2] > 5 * aniso[2]
+    assert iso[1] > 0.01 and iso[2] > 0.03  # the isotropic bias is real
+    assert fit.count == len(src) and fit.inlier_fraction == 1.0
+    mid = pose_error(track_sim3(src, dst, weight, inv_sigma, iters=30, axis=axis,
+                                axial_weight=0.25), truth)  # fmt: skip
+    assert aniso[1] < mid[1] < iso[1] and aniso[2] < mid[2] < iso[2]  # monotone in w_a
+
+
 # ---- (4) threads ---------------------------------------------------------------------------------
 def test_threads_do_not_change_the_sums(rng) -> None:
     arrays, truth = random_problem(rng, 70000)  # two threads' worth of points
     one = _core.sim3_normal_equations(*arrays, *truth, HUBER, threads=1)
     two = _core.sim3_normal_equations(*arrays, *truth, HUBER, threads=2)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+    axis = dict(axis=random_axes(rng, 70000), axial_weight=0.1)
+    one = _core.sim3_normal_equations(*arrays, *truth, HUBER, threads=1, **axis)
+    two = _core.sim3_normal_equations(*arrays, *truth, HUBER, threads=2, **axis)
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -245,6 +415,17 @@ def core_args(m=5, **override):
          "float64 (4,)"),
         (dict(huber=0.0), "huber must be > 0"),
         (dict(scale=np.nan), "scale must be finite"),
+        (dict(axis=np.zeros((5, 3))), "axis must be a C-contiguous float32 array of shape (5,3), "
+         "got float64 (5,3)"),
+        (dict(axis=np.zeros((4, 3), np.float32)), "axis must be a C-contiguous float32 array of "
+         "shape (5,3), got float32 (4,3)"),
+        (dict(axis=np.zeros((3, 5), np.float32).T), "axis must be a C-contiguous float32 array "
+         "of shape (5,3), got float32 (5,3) non-contiguous"),
+        (dict(axis=[[1.0, 0, 0]] * 5), "axis must be None or a C-contiguous float32 array of "
+         "shape (5,3), got list"),
+        (dict(axial_weight=0.0), "axial_weight must be in (0, 1], got 0"),
+        (dict(axial_weight=1.5), "axial_weight must be in (0, 1], got 1.5"),
+        (dict(axial_weight=np.nan), "axial_weight must be in (0, 1], got nan"),
     ],
 )  # fmt: skip
 def test_core_names_the_bad_array(override, message) -> None:
@@ -266,6 +447,15 @@ def test_wrapper_names_the_bad_array(rng) -> None:
          "(weight > 0, inv_sigma > 0, all values finite), got 2 of 6"),
         (dict(init=(1.0, np.eye(3), np.zeros(2))), "rot must have shape (3,3) and trans (3,)"),
         (dict(device="gpu"), "device must be 'cpu' or 'cuda[:N]'"),
+        (dict(axis=np.ones((5, 3))), "track_sim3: axis must have shape (6, 3) (src (6, 3)), got "
+         "(5, 3)"),
+        (dict(axis=np.ones(6)), "track_sim3: axis must have shape (6, 3) (src (6, 3)), got (6,)"),
+        (dict(axis=np.ones((6, 3)), axial_weight=0.0), "track_sim3: axial_weight must be in "
+         "(0, 1], got 0.0"),
+        (dict(axial_weight=2.0), "track_sim3: axial_weight must be in (0, 1], got 2.0"),
+        (dict(axis=np.r_[[[0.0, 0, 1]] * 2, [[0.0, 0, 0]] * 3, [[np.nan, 0, 1]]]), "need at "
+         "least 3 usable points (weight > 0, inv_sigma > 0, all values finite, a non-zero "
+         "axis), got 2 of 6"),
     ]  # fmt: skip
     for override, message in cases:
         args = dict(src=src, dst=dst, weight=w) | override
@@ -273,6 +463,13 @@ def test_wrapper_names_the_bad_array(rng) -> None:
             track_sim3(**args)
     with pytest.raises(ValueError, match=re.escape("sim3_normal_equations: inv_sigma must have")):
         sim3_normal_equations(src, dst, w, np.ones(5), 1.0, np.eye(3), np.zeros(3), HUBER)
+    with pytest.raises(ValueError, match=re.escape("sim3_normal_equations: axis must have shape "
+                                                   "(6, 3) (src (6, 3)), got (6, 2)")):  # fmt: skip
+        sim3_normal_equations(src, dst, w, w, 1.0, np.eye(3), np.zeros(3), HUBER,
+                              axis=np.ones((6, 2)))  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape("sim3_normal_equations: axial_weight")):
+        sim3_normal_equations(src, dst, w, w, 1.0, np.eye(3), np.zeros(3), HUBER,
+                              axis=np.ones((6, 3)), axial_weight=-1.0)  # fmt: skip
 
 
 def test_cuda_boundary_names_the_bad_array() -> None:
@@ -299,6 +496,11 @@ def test_cuda_boundary_names_the_bad_array() -> None:
          f"({_core.SIM3_NE_SIZE},), got float64 on cuda:0 with shape (58,)"),
         (dict(partials=cuda(3, _core.SIM3_NE_PARTIAL, dtype="float64")), "partials: expected "
          f"float64 on cuda:0 with shape ({_core.SIM3_NE_BLOCKS},{_core.SIM3_NE_PARTIAL})"),
+        (dict(axis=cuda(6, 3)), "axis: expected float32 on cuda:0 with shape (7,3), got float32 "
+         "on cuda:0 with shape (6,3) (M=7 from src)"),
+        (dict(axis=np.ones((7, 3), np.float32)), "axis: expected float32 on cuda:0 with shape "
+         "(7,3), got float32 on cpu"),
+        (dict(axis=cuda(7, 3), axial_weight=0.0), "axial_weight must be in (0, 1], got 0"),
     ]  # fmt: skip
     for override, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -325,9 +527,27 @@ def test_cuda_twin_matches_cpu(rng) -> None:
     again = sim3_normal_equations(*(torch.from_numpy(a).cuda() for a in arrays), *pose, HUBER)
     np.testing.assert_array_equal(again.hessian, gpu.hessian)  # deterministic
 
+    axis = random_axes(rng, 100000)
+    cpu = sim3_normal_equations(*arrays, *pose, HUBER, axis=axis, axial_weight=0.05)
+    gpu = sim3_normal_equations(*(torch.from_numpy(a).cuda() for a in arrays), *pose, HUBER,
+                                axis=torch.from_numpy(axis).cuda(), axial_weight=0.05)  # fmt: skip
+    np.testing.assert_allclose(gpu.hessian, cpu.hessian, rtol=0,
+                               atol=1e-12 * np.abs(cpu.hessian).max())  # fmt: skip
+    np.testing.assert_allclose(gpu.gradient, cpu.gradient, rtol=0,
+                               atol=1e-9 * np.abs(cpu.gradient).max())  # fmt: skip
+    assert gpu.cost == pytest.approx(cpu.cost, rel=1e-12)
+    assert (gpu.count, gpu.inliers) == (cpu.count, cpu.inliers)
+
     fit_cpu = track_sim3(*arrays, iters=20)
     fit_gpu = track_sim3(*arrays, iters=20, device="cuda")
     assert fit_gpu.count == fit_cpu.count
     assert abs(fit_gpu.scale / fit_cpu.scale - 1) < 1e-6
     np.testing.assert_allclose(fit_gpu.rot, fit_cpu.rot, rtol=0, atol=1e-6)
     np.testing.assert_allclose(fit_gpu.trans, fit_cpu.trans, rtol=0, atol=1e-6)
+    src, dst, inv_sigma, axis, _ = depth_noise_scene(rng)
+    weight = np.ones(len(src))
+    fits = [track_sim3(src, dst, weight, inv_sigma, axis=axis, axial_weight=0.01, device=d)
+            for d in ("cpu", "cuda")]  # fmt: skip
+    assert abs(fits[1].scale / fits[0].scale - 1) < 1e-6
+    np.testing.assert_allclose(fits[1].rot, fits[0].rot, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fits[1].trans, fits[0].trans, rtol=0, atol=1e-6)

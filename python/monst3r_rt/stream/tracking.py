@@ -7,7 +7,17 @@ at the same pixels) by the similarity ``T = (s, R, t)``: ``x' = s R src + t``. T
     ρ_k(a) = ½a² (a <= k),  k(a − ½k) (a > k)   (Huber, threshold k = ``huber``),
 
 with ``weight`` = confidence × static mask (0 = ignore) and ``inv_sigma`` a per-point inverse
-noise scale (1/depth makes the residuals relative). The per-point sums run in the C++ kernel
+noise scale (1/depth makes the residuals relative).
+
+Anisotropic residual: monocular pointmap errors lie mostly along the viewing rays of the camera
+whose pixels the points sit on (depth errors). Given per-point unit ``axis`` vectors ``a_p`` (that
+camera's viewing rays in the world frame) and ``axial_weight`` ``w_a ∈ (0, 1]``,
+
+    r_p = inv_sigma_p (e_p − (1 − √w_a)(a_p·e_p) a_p),   e_p = x'_p − dst_p,
+
+i.e. the error across the ray at full weight and along it scaled by ``√w_a`` (so its square by
+``w_a``); ``J_p`` is premultiplied by the same projector. ``axis=None`` (or ``w_a = 1``) is the
+isotropic residual above. The per-point sums run in the C++ kernel
 ``_core.sim3_normal_equations`` (OpenMP) or its CUDA twin (math in
 ``csrc/include/monst3r/track.h``): for the left update ``ξ = (ω, v, λ)``,
 ``x'' = e^λ Exp(ω) x' + v``, with IRLS weights ``h_p = min(1, k/‖r_p‖)`` and
@@ -43,7 +53,7 @@ class NormalEquations:
         hessian: (7,7) ``H = Σ w h JᵀJ`` in the order ``ξ = (ω, v, λ)``.
         gradient: (7,) ``g = Σ w h Jᵀ r``, the gradient of ``cost`` at ``ξ = 0``.
         cost: ``Σ w ρ_k(‖r‖)``.
-        count: points used (weight > 0, inv_sigma > 0, every value finite).
+        count: points used (weight > 0, inv_sigma > 0, every value finite, a non-zero axis).
         inliers: used points with ``‖r‖ <= k``.
     """
 
@@ -73,7 +83,7 @@ class Sim3Fit:
         cost: robust cost at the fit (see the module docstring).
         iters: Levenberg-Marquardt steps tried (accepted or not), at most ``iters``.
         inlier_fraction: used points with ``‖r‖ <= huber``, over ``count``.
-        count: points used (weight > 0, inv_sigma > 0, all values finite).
+        count: points used (weight > 0, inv_sigma > 0, all values finite, a non-zero axis).
     """
 
     scale: float
@@ -113,6 +123,16 @@ def _check_shapes(src: Any, dst: Any, weight: Any, inv_sigma: Any, entry: str) -
     return m
 
 
+def _check_axis(axis: Any, m: int, axial_weight: float, entry: str) -> None:
+    """ValueError naming ``axis`` unless it is None or (M,3); naming ``axial_weight`` unless
+    it is in (0, 1]."""
+    if axis is not None and _shape(axis) != (m, 3):
+        raise ValueError(f"{entry}: axis must have shape ({m}, 3) (src ({m}, 3)), got "
+                         f"{_shape(axis)}")  # fmt: skip
+    if not 0 < axial_weight <= 1:
+        raise ValueError(f"{entry}: axial_weight must be in (0, 1], got {axial_weight!r}")
+
+
 def _host(a: Any, name: str, entry: str) -> np.ndarray:
     """A C-contiguous float32 copy (or view) of a real host array, or ValueError naming it."""
     if is_cuda_array(a):
@@ -143,6 +163,9 @@ def sim3_normal_equations(
     trans: np.ndarray,
     huber: float,
     threads: int = 0,
+    *,
+    axis: Any | None = None,
+    axial_weight: float = 1.0,
 ) -> NormalEquations:
     """Robust Sim(3) normal equations at the pose ``x' = scale · rot @ src + trans``.
 
@@ -157,16 +180,24 @@ def sim3_normal_equations(
         huber: Huber threshold ``k`` > 0 on ``‖r‖`` (``inf``: plain least squares).
         threads: OpenMP threads of the CPU kernel (0: the core's setting); the result does not
             depend on it.
+        axis: None (isotropic residual) or (M,3) directions in the world (dst) frame, normalised
+            by the kernel: the anisotropic residual of the module docstring. A zero or
+            non-finite axis makes its point unused. Host or CUDA like ``src``.
+        axial_weight: ``w_a`` in (0, 1], the weight of the error along the axis relative to the
+            error across it (unused without an axis).
 
     Returns:
         :class:`NormalEquations` (host, float64).
 
     Raises:
-        ValueError: naming the array, on a wrong shape or dtype; on a bad pose or ``huber``.
+        ValueError: naming the array, on a wrong shape or dtype; on a bad pose, ``huber`` or
+            ``axial_weight``.
     """
     entry = "sim3_normal_equations"
     arrays = (src, dst, weight, inv_sigma)
-    _check_shapes(*arrays, entry)
+    m = _check_shapes(*arrays, entry)
+    _check_axis(axis, m, axial_weight, entry)
+    axial = dict(axis=axis, axial_weight=float(axial_weight))
     scale, rot, trans = _pose(scale, rot, trans, entry)
     if is_cuda_array(src):
         require_cuda_kernels("src")
@@ -176,21 +207,31 @@ def sim3_normal_equations(
             )
             out = empty_like_shape(src, (_core.SIM3_NE_SIZE,), np.float64)
             _core.sim3_normal_equations_cuda(
-                *arrays, scale, rot, trans, huber, partials=partials, out=out, stream=stream
+                *arrays,
+                scale,
+                rot,
+                trans,
+                huber,
+                partials=partials,
+                out=out,
+                stream=stream,
+                **axial,
             )
         host = out.cpu().numpy() if hasattr(out, "cpu") else out.get()
         return NormalEquations.from_array(host)
     host_arrays = [_host(a, name, entry) for a, name in zip(arrays, _NAMES, strict=True)]
+    if axis is not None:
+        axial["axis"] = _host(axis, "axis", entry)
     h, g, cost, count, inliers = _core.sim3_normal_equations(
-        *host_arrays, scale, rot, trans, huber, threads
+        *host_arrays, scale, rot, trans, huber, threads, **axial
     )
     return NormalEquations(h, g, cost, count, inliers)
 
 
-def _on_device(arrays: list[Any], device: str, entry: str) -> list[Any]:
-    """The four arrays as float32 arrays on ``device``: CUDA arrays pass through (checked by
-    the kernel), host arrays are converted and uploaded next to the first CUDA array, or with
-    torch onto ``device``."""
+def _on_device(arrays: list[Any], names: tuple[str, ...], device: str, entry: str) -> list[Any]:
+    """The arrays as float32 arrays on ``device``: CUDA arrays pass through (checked by the
+    kernel), host arrays are converted and uploaded next to the first CUDA array, or with torch
+    onto ``device``."""
     require_cuda_kernels("device='cuda'")
     ref = next((a for a in arrays if is_cuda_array(a)), None)
     if ref is None:
@@ -199,7 +240,7 @@ def _on_device(arrays: list[Any], device: str, entry: str) -> list[Any]:
         ref = torch.empty(0, device=device)
     return [
         a if is_cuda_array(a) else like(ref, _host(a, name, entry))
-        for a, name in zip(arrays, _NAMES, strict=True)
+        for a, name in zip(arrays, names, strict=True)
     ]
 
 
@@ -226,6 +267,8 @@ def track_sim3(
     damping: float = 1e-6,
     device: str = "cpu",
     threads: int = 0,
+    axis: Any | None = None,
+    axial_weight: float = 1.0,
 ) -> Sim3Fit:
     """Robust Sim(3) registration ``dst ≈ s R src + t`` of pixel-aligned points (the streaming
     mode's tracking step); see the module docstring for the cost.
@@ -237,7 +280,8 @@ def track_sim3(
             non-finite value in src, dst, weight or inv_sigma are ignored too.
         inv_sigma: (M,) inverse noise scales > 0 (e.g. 1/depth: relative residuals); None = 1.
         init: None (closed form: weighted Umeyama of ``pair_moments`` with weights
-            ``weight · inv_sigma²``) or a starting pose ``(scale, rot (3,3), trans (3,))``.
+            ``weight · inv_sigma²``, isotropic even with an axis; points with a zero or
+            non-finite axis left out) or a starting pose ``(scale, rot (3,3), trans (3,))``.
         iters: at most this many Levenberg-Marquardt steps (one kernel call each).
         huber: Huber threshold ``k`` on the normalised residual ``‖r‖`` (``inf``: plain least
             squares); with inv_sigma = 1/depth, 0.05 = 5% of the depth.
@@ -249,34 +293,46 @@ def track_sim3(
         device: ``"cpu"`` (C++/OpenMP kernel) or ``"cuda"`` / ``"cuda:N"`` (the CUDA twin; host
             arrays are uploaded once with torch, CUDA arrays used as they are).
         threads: OpenMP threads of the CPU kernel (0: the core's setting).
+        axis: None (isotropic) or (M,3) directions in the world frame, typically the viewing
+            rays of the keyframe whose pixels ``dst`` sits on: the anisotropic residual of the
+            module docstring (a zero or non-finite axis: point ignored).
+        axial_weight: ``w_a`` in (0, 1]: weight of the error along ``axis`` relative to the
+            error across it (e.g. 0.01: depth errors barely move the pose).
 
     Returns:
         :class:`Sim3Fit` mapping src's camera frame to the world.
 
     Raises:
         ValueError: naming the array and its shape, on mismatched shapes or a non-real dtype;
-            when fewer than 3 points are usable; on a degenerate closed-form start.
+            on a bad ``axial_weight``; when fewer than 3 points are usable; on a degenerate
+            closed-form start.
     """
     entry = "track_sim3"
     m = _check_shapes(src, dst, weight, weight if inv_sigma is None else inv_sigma, entry)
+    _check_axis(axis, m, axial_weight, entry)
     if inv_sigma is None:
         inv_sigma = np.ones(m, np.float32)
-    arrays = [src, dst, weight, inv_sigma]
+    arrays = [src, dst, weight, inv_sigma] + ([] if axis is None else [axis])
+    names = (_NAMES + ("axis",))[: len(arrays)]
     if device.startswith("cuda"):
-        arrays = _on_device(arrays, device, entry)
+        arrays = _on_device(arrays, names, device, entry)
     elif device == "cpu":
-        arrays = [_host(a, name, entry) for a, name in zip(arrays, _NAMES, strict=True)]
+        arrays = [_host(a, name, entry) for a, name in zip(arrays, names, strict=True)]
     else:
         raise ValueError(f"{entry}: device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    arrays, axis = arrays[:4], (arrays[4] if axis is not None else None)
 
     def evaluate(pose: tuple[float, np.ndarray, np.ndarray]) -> NormalEquations:
-        return sim3_normal_equations(*arrays, *pose, huber, threads)
+        return sim3_normal_equations(
+            *arrays, *pose, huber, threads, axis=axis, axial_weight=axial_weight
+        )
 
     def usable(ne: NormalEquations) -> NormalEquations:
         if ne.count < 3:
+            rule = "" if axis is None else ", a non-zero axis"
             raise ValueError(
                 f"{entry}: need at least 3 usable points (weight > 0, inv_sigma > 0, all values "
-                f"finite), got {ne.count} of {m}"
+                f"finite{rule}), got {ne.count} of {m}"
             )
         return ne
 
@@ -284,6 +340,9 @@ def track_sim3(
         usable(evaluate((1.0, np.eye(3), np.zeros(3))))
         _, _, weight_a, isig = arrays
         w_fit = weight_a * isig * isig * (weight_a > 0) * (isig > 0)
+        if axis is not None:  # the kernel's rule: a zero or non-finite axis drops the point
+            size = abs(axis).sum(1)
+            w_fit = w_fit * ((size > 0) & (size < np.inf))
         pose = umeyama(pair_moments(arrays[0], arrays[1], w_fit, threads))
     else:
         pose = _pose(*init, entry)
