@@ -36,11 +36,20 @@ class StreamConfig:
         track_stride: every k-th pixel (both axes) enters the tracking solve [2].
         track_iters: Gauss–Newton/IRLS iterations of the Sim(3) tracking [10].
         track_huber: Huber threshold on the depth-relative residual (0.05 = 5 % of the depth).
+        track_axial_weight: weight of a residual's component along the keyframe pixel's viewing
+            ray relative to the perpendicular one [0.01]: pointmap errors are mostly depth
+            errors, which an isotropic residual turns into camera-centre errors (MASt3R-SLAM
+            tracks on ray errors for the same reason).
         shared_focal: one focal for the stream, the running mean of the per-frame Weiszfeld
             estimates (True, as the offline job), or a focal per frame (False).
 
     Refinement (the global-alignment objective over the newest keyframes, off the critical
     path) —
+        refine_objective: ``"rays"`` [default]: a dense Sim(3) pose graph over the keyframes
+            with the tracking's residual (depth-relative, along-ray errors down-weighted;
+            :mod:`monst3r_rt.stream.refine`); ``"alignment"``: the global alignment's objective
+            (:class:`monst3r_rt.align.incremental.KeyframeAligner`, the offline engine), whose
+            isotropic point distances turn depth errors into pose errors (measured worse).
         refine: ``"thread"`` (a worker thread) [default], ``"sync"`` (inside ``push``, for
             debugging and exact reproducibility studies) or ``"off"``.
         window: keyframes in the sliding window [8]; the oldest ``window_frozen`` [1] of them
@@ -51,8 +60,9 @@ class StreamConfig:
         refine_pixels: the refinement runs on keyframe maps decimated by the largest power of
             two stride (≤ 16) that keeps at least this many pixels [4096].
         final_refine: ``close()`` solves once over all keyframes [True].
-        align: the solver's settings (:func:`monst3r_rt.align.incremental.default_config`:
-            LM, 10 iterations, no camera-smoothness term).
+        align: ``refine_objective="alignment"``'s solver settings
+            (:func:`monst3r_rt.align.incremental.default_config`: LM, 10 iterations, no
+            camera-smoothness term).
 
     Dynamic masks —
         masks: ``"flow"`` (DIS flow t → t−k against the tracked ego-flow), ``"geometric"``
@@ -78,7 +88,9 @@ class StreamConfig:
     track_stride: int = 2
     track_iters: int = 10
     track_huber: float = 0.05
+    track_axial_weight: float = 0.01
     shared_focal: bool = True
+    refine_objective: str = "rays"
     refine: str = "thread"
     window: int = 8
     window_frozen: int = 1
@@ -94,7 +106,7 @@ class StreamConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
-        choices = {"refine": REFINE_MODES, "masks": MASK_METHODS, "keep": KEEP,
+        choices = {"refine": REFINE_MODES, "refine_objective": ("rays", "alignment"), "masks": MASK_METHODS, "keep": KEEP,
                    "flow_preset": ("ultrafast", "fast", "medium")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -102,7 +114,8 @@ class StreamConfig:
                     f"StreamConfig.{name} must be one of {list(allowed)}, "
                     f"got {getattr(self, name)!r}"
                 )
-        ranges = {"keyframe_overlap": (0.0, 1.0), "mask_threshold": (0.0, 1.0)}
+        ranges = {"keyframe_overlap": (0.0, 1.0), "mask_threshold": (0.0, 1.0),
+                  "track_axial_weight": (1e-6, 1.0)}  # fmt: skip
         for name, (lo, hi) in ranges.items():
             if not lo <= getattr(self, name) <= hi:
                 raise ValueError(f"StreamConfig.{name} must be in [{lo}, {hi}]")

@@ -37,6 +37,7 @@ from ..geometry import estimate_focal, intrinsic_matrix, world_points
 from ..reconstruction import Reconstruction
 from .config import FrameResult, StreamConfig
 from .motion import flow_mask, geometric_mask
+from .refine import KeyframeGraph
 from .tracking import track_sim3
 
 __all__ = ["Stream"]
@@ -129,7 +130,11 @@ class Stream:
             plan = pipe.check()
             align_device = plan.align_device
             self.backend = pipe.backend_for_run()
-        self._aligner = KeyframeAligner(cfg.align, device=align_device)
+        if cfg.refine_objective == "rays":
+            self._graph: Any = KeyframeGraph(huber=cfg.track_huber,
+                                             axial_weight=cfg.track_axial_weight)  # fmt: skip
+        else:
+            self._graph = KeyframeAligner(cfg.align, device=align_device)
         self._writer = None
         if output is not None:
             from .output import StreamWriter
@@ -302,11 +307,15 @@ class Stream:
         w = ref.weight * np.log(_decimate(conf2, k))
         w = np.where(_decimate(conf2, k) > self.config.conf_threshold, w, 0).reshape(-1)
         z = np.maximum(ref.cam_pts[..., 2].reshape(-1), 1e-6) * self._kf_scale[ref.frame]
+        # residuals along K's viewing rays (depth errors) weigh less than across them
+        rays = ref.cam_pts.reshape(-1, 3) @ self._kf_pose[ref.frame][:3, :3].T
         # closed-form start each frame: cheap, and independent of the previous frame's errors
         try:
             fit = track_sim3(src.astype(np.float32), dst.astype(np.float32),
                              w.astype(np.float32), (1.0 / z).astype(np.float32),
-                             iters=self.config.track_iters, huber=self.config.track_huber)  # fmt: skip
+                             iters=self.config.track_iters, huber=self.config.track_huber,
+                             axis=rays.astype(np.float32),
+                             axial_weight=self.config.track_axial_weight)  # fmt: skip
             ok = fit.scale > 0 and np.isfinite(fit.scale) and np.isfinite(fit.trans).all()
         except ValueError:  # too few usable correspondences, or all of them degenerate
             ok = False
@@ -394,9 +403,7 @@ class Stream:
                        float(np.median(z)) if z.size else 1.0)  # fmt: skip
         h, w = self._shape  # type: ignore[misc]
         r = _refine_stride(h, w, cfg.refine_pixels)
-        depth = np.nan_to_num(scale * _decimate(pts1[..., 2], r), nan=0.0)
-        self._aligner.add_keyframe(t, depth, pose, focal / r)
-        statics = {t: ~_decimate(mask, r)}
+        static_r = ~_decimate(mask, r)
         extra = 0
         links = [] if ref is None else [(ref, pts1, conf1, pts2, conf2)]
         older = self._keyframes[-cfg.keyframe_links : -1] if ref is not None else []
@@ -405,13 +412,11 @@ class Stream:
             links.append((prev, *self._decode(tokens, prev.tokens)))
             extra += 1
         timings["network"] += time.perf_counter() - t0
-        for prev, p1, c1, p2, c2 in links:
-            prev_static = self._kf_static.get(prev.frame)
-            c_i = np.where(statics[t], _decimate(c1, r), 1.0)
-            c_j = _decimate(c2, r)
-            if prev_static is not None:
-                c_j = np.where(prev_static, c_j, 1.0)
-            self._aligner.add_edge(t, prev.frame, _decimate(p1, r), _decimate(p2, r), c_i, c_j)
+        if cfg.refine_objective == "rays":
+            self._graph_rays(t, r, scale, pts1, conf1, pose, static_r, links)
+        else:
+            self._graph_alignment(t, r, scale, pts1, pose, focal, static_r, links)
+        statics = {t: static_r}
         self._kf_static[t] = statics[t]
         self._keyframes.append(kf)
         keep = max(cfg.keyframe_links, 1)
@@ -424,6 +429,39 @@ class Stream:
             self._schedule(t)
         return extra
 
+    def _link_weight(self, conf: np.ndarray, static: np.ndarray | None, r: int) -> np.ndarray:
+        """(h,w) weight of a map's pixels in the refinement: log-confidence above the threshold,
+        0 on moving pixels."""
+        c = _decimate(conf, r)
+        w = np.where(c > self.config.conf_threshold, np.log(c), 0.0)
+        return (w if static is None else w * static).astype(np.float32)
+
+    def _graph_rays(self, t, r, scale, pts1, conf1, pose, static_r, links) -> None:
+        """Add keyframe t and its links to the pose graph (:class:`.refine.KeyframeGraph`)."""
+        cam = (scale * _decimate(pts1, r)).astype(np.float32)
+        self._graph.add_keyframe(t, cam, self._link_weight(conf1, static_r, r), pose)
+        own_z = cam[..., 2]
+        for prev, p1, c1, p2, c2 in links:
+            # pair units → t's units: t's depth in this pair against its tracked depth
+            z = _decimate(p1, r)[..., 2]
+            ok = np.isfinite(z) & np.isfinite(own_z) & (z > 0) & (own_z > 0)
+            ok &= _decimate(c1, r) > self.config.conf_threshold
+            s_e = float(np.median(own_z[ok] / z[ok])) if ok.sum() >= 8 else scale
+            weight = self._link_weight(c2, self._kf_static.get(prev.frame), r)
+            self._graph.add_edge(t, prev.frame, _decimate(p2, r), weight, s_e)
+
+    def _graph_alignment(self, t, r, scale, pts1, pose, focal, static_r, links) -> None:
+        """Add keyframe t and its links to the global-alignment graph (KeyframeAligner)."""
+        depth = np.nan_to_num(scale * _decimate(pts1[..., 2], r), nan=0.0)
+        self._graph.add_keyframe(t, depth, pose, focal / r)
+        for prev, p1, c1, p2, c2 in links:
+            prev_static = self._kf_static.get(prev.frame)
+            c_i = np.where(static_r, _decimate(c1, r), 1.0)
+            c_j = _decimate(c2, r)
+            if prev_static is not None:
+                c_j = np.where(prev_static, c_j, 1.0)
+            self._graph.add_edge(t, prev.frame, _decimate(p1, r), _decimate(p2, r), c_i, c_j)
+
     def _kf_window(self) -> set[int]:
         return set(self.keyframes[-self.config.window :])
 
@@ -432,9 +470,9 @@ class Stream:
         if cfg.refine == "off":
             return
         if cfg.refine == "sync":
-            self._apply(self._aligner.refine(cfg.window, cfg.window_frozen))
+            self._apply(self._graph.refine(cfg.window, cfg.window_frozen))
             return
-        fut = self._pool.submit(self._aligner.refine, cfg.window, cfg.window_frozen)  # type: ignore[union-attr]
+        fut = self._pool.submit(self._graph.refine, cfg.window, cfg.window_frozen)  # type: ignore[union-attr]
         self._pending = (t, fut)
 
     def _apply_due(self, t: int, timings: dict[str, float]) -> None:
@@ -495,7 +533,7 @@ class Stream:
         try:
             self._join()
             if self.config.final_refine and self.config.refine != "off" and len(self._kf_pose) > 1:
-                self._apply(self._aligner.refine(None, 1))
+                self._apply(self._graph.refine(None, 1))
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)

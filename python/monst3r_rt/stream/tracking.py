@@ -269,6 +269,7 @@ def track_sim3(
     threads: int = 0,
     axis: Any | None = None,
     axial_weight: float = 1.0,
+    with_scale: bool = True,
 ) -> Sim3Fit:
     """Robust Sim(3) registration ``dst ≈ s R src + t`` of pixel-aligned points (the streaming
     mode's tracking step); see the module docstring for the cost.
@@ -298,6 +299,9 @@ def track_sim3(
             module docstring (a zero or non-finite axis: point ignored).
         axial_weight: ``w_a`` in (0, 1]: weight of the error along ``axis`` relative to the
             error across it (e.g. 0.01: depth errors barely move the pose).
+        with_scale: estimate the scale (Sim(3)); False keeps the start's scale (SE(3) steps,
+            rigid closed-form start): for fits where the scale is barely observable (small
+            baselines with a small ``axial_weight``).
 
     Returns:
         :class:`Sim3Fit` mapping src's camera frame to the world.
@@ -343,7 +347,7 @@ def track_sim3(
         if axis is not None:  # the kernel's rule: a zero or non-finite axis drops the point
             size = abs(axis).sum(1)
             w_fit = w_fit * ((size > 0) & (size < np.inf))
-        pose = umeyama(pair_moments(arrays[0], arrays[1], w_fit, threads))
+        pose = umeyama(pair_moments(arrays[0], arrays[1], w_fit, threads), with_scale)
     else:
         pose = _pose(*init, entry)
     ne = usable(evaluate(pose))
@@ -352,7 +356,9 @@ def track_sim3(
         h = ne.hessian
         tiny = 1e-12 * max(float(np.trace(h)) / 7, np.finfo(np.float64).tiny)
         lhs = h + mu * np.diag(np.diag(h)) + tiny * np.eye(7)
-        delta = np.linalg.solve(lhs, -ne.gradient)
+        delta = np.zeros(7)
+        free = slice(0, 7 if with_scale else 6)  # ξ = (ω, v, λ): λ is the log-scale step
+        delta[free] = np.linalg.solve(lhs[free, free], -ne.gradient[free])
         steps += 1
         if not np.all(np.isfinite(delta)) or np.linalg.norm(delta) < tol:
             break
