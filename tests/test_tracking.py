@@ -551,3 +551,23 @@ def test_cuda_twin_matches_cpu(rng) -> None:
     assert abs(fits[1].scale / fits[0].scale - 1) < 1e-6
     np.testing.assert_allclose(fits[1].rot, fits[0].rot, rtol=0, atol=1e-6)
     np.testing.assert_allclose(fits[1].trans, fits[0].trans, rtol=0, atol=1e-6)
+
+
+def test_track_sim3_without_scale_keeps_the_start_scale():
+    """``with_scale=False``: SE(3) steps from the start's scale; exact when that scale is true,
+    and the scale never moves."""
+    from monst3r_rt.geometry import rotvec_to_rotmat
+    from monst3r_rt.stream.tracking import track_sim3
+
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(500, 3)).astype(np.float32) + [0, 0, 5]
+    rot, trans, scale = rotvec_to_rotmat([0.1, -0.2, 0.05]), np.array([0.3, -0.1, 0.2]), 1.7
+    dst = (scale * src @ rot.T + trans).astype(np.float32)
+    w = np.ones(500, np.float32)
+    fit = track_sim3(src, dst, w, init=(scale, np.eye(3), np.zeros(3)), with_scale=False,
+                     iters=20)  # fmt: skip
+    assert fit.scale == scale
+    np.testing.assert_allclose(fit.rot, rot, atol=1e-5)
+    np.testing.assert_allclose(fit.trans, trans, atol=1e-4)
+    wrong = track_sim3(src, dst, w, init=(1.0, np.eye(3), np.zeros(3)), with_scale=False)
+    assert wrong.scale == 1.0  # the scale is not estimated, even when it is wrong
