@@ -325,3 +325,30 @@ def test_keyframe_aligner_keeps_the_gauge():
     for k, pose in gt.items():
         assert np.linalg.norm(al.pose(k)[:3, 3] - pose[:3, 3]) < 1e-3 * extent
     assert all(abs(s - 1) < 1e-3 for s in res.scales.values())
+
+
+def test_cli_stream_records_a_rerun_file(scene, tmp_path, monkeypatch):
+    """``--save x.rrd``: the live viewer logs every frame headless (extra ``viz``)."""
+    pytest.importorskip("rerun")
+    import cv2
+
+    from monst3r_rt import cli
+    from monst3r_rt.stream import session
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, im in enumerate(scene.images[:5]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), im[..., ::-1])
+    backend = SimulatedBackend(scene)
+    real = session.Stream.__init__
+
+    def with_backend(self, *args, **kw):  # the CLI loads weights; the test hands in the simulator
+        kw.update(backend=backend, size=SIZE[1])
+        real(self, **kw)
+
+    monkeypatch.setattr(session.Stream, "__init__", with_backend)
+    rrd = tmp_path / "live.rrd"
+    args = ["stream", str(folder), "-o", str(tmp_path / "out"), "--save", str(rrd), "-q"]
+    assert cli.main(args) == 0
+    assert rrd.stat().st_size > 1000
+    assert len(Reconstruction.load(tmp_path / "out")) == 5
