@@ -51,8 +51,7 @@ def _rss_mb() -> float:
 def _scene(n: int, size: tuple[int, int]):
     from monst3r_rt.synthetic import make_scene
 
-    return make_scene(n_frames=n, size=size, graph=None, n_objects=2, object_motion=0.05,
-                      seed=7)  # fmt: skip
+    return make_scene(n_frames=n, size=size, graph=None, n_objects=2, object_motion=0.05, seed=7)
 
 
 def _ate(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -72,8 +71,9 @@ def _stream(scene, size: tuple[int, int], config, output=None, rss_at=()):
     from monst3r_rt.stream.stats import LatencyStats
     from monst3r_rt.synthetic import SimulatedBackend
 
-    stream = Stream(backend=SimulatedBackend(scene, **NOISE), size=size[1], config=config,
-                    output=output)  # fmt: skip
+    stream = Stream(
+        backend=SimulatedBackend(scene, **NOISE), size=size[1], config=config, output=output
+    )
     stats, rss, causal = LatencyStats(), {}, []
     for i, im in enumerate(scene.images):
         res = stream.push(im)
@@ -100,11 +100,27 @@ def table_latency(args) -> None:
         )
         iou, fp = _masks(rec.dynamic_masks, scene.dynamic_masks)
         final = _ate(rec.poses, scene.poses)
-    rows = [[s, f"{stats.percentile(s, 50):.1f}", f"{stats.percentile(s, 95):.1f}"]
-            for s in ("network", "track", "focal", "mask", "keyframe", "refine_wait", "output",
-                      "non_network", "total") if s in stats.timings]  # fmt: skip
-    print_table(f"stream latency per frame (ms), simulated network, {w}x{h}, {args.frames} frames, "
-                f"keep='none' — {describe()}", ["stage", "p50", "p95"], rows)  # fmt: skip
+    rows = [
+        [s, f"{stats.percentile(s, 50):.1f}", f"{stats.percentile(s, 95):.1f}"]
+        for s in (
+            "network",
+            "track",
+            "focal",
+            "mask",
+            "keyframe",
+            "refine_wait",
+            "output",
+            "non_network",
+            "total",
+        )
+        if s in stats.timings
+    ]
+    print_table(
+        f"stream latency per frame (ms), simulated network, {w}x{h}, {args.frames} frames, "
+        f"keep='none' — {describe()}",
+        ["stage", "p50", "p95"],
+        rows,
+    )
     non_net = np.sum(stats.timings["non_network"])
     rows = [
         ["frames/s excluding the network", f"{args.frames / non_net:.1f}"],
@@ -117,9 +133,12 @@ def table_latency(args) -> None:
     rows += [[f"RSS at frame {m} (MB)", f"{rss[m]:.0f}"] for m in marks]
     if 100 in rss and marks[-1] != 100:
         rows.append([f"RSS growth 100→{marks[-1]} (MB)", f"{rss[marks[-1]] - rss[100]:.1f}"])
-    rows += [["ATE causal (m)", f"{_ate(causal, scene.poses):.4f}"],
-             ["ATE after close (m)", f"{final:.4f}"],
-             ["mask IoU", f"{iou:.3f}"], ["mask false-positive rate", f"{fp:.4f}"]]  # fmt: skip
+    rows += [
+        ["ATE causal (m)", f"{_ate(causal, scene.poses):.4f}"],
+        ["ATE after close (m)", f"{final:.4f}"],
+        ["mask IoU", f"{iou:.3f}"],
+        ["mask false-positive rate", f"{fp:.4f}"],
+    ]
     print_table("stream summary", ["quantity", "value"], rows)
 
 
@@ -136,8 +155,14 @@ def table_offline(args) -> None:
     stream, _, causal, rec, _, _ = _stream(scene, (h, w), StreamConfig())
     dt = time.perf_counter() - t0
     rows.append(["stream, causal", f"{_ate(causal, scene.poses):.4f}", "", ""])
-    rows.append(["stream, after close()", f"{_ate(rec.poses, scene.poses):.4f}", f"{dt:.1f}",
-                 f"{stream.decodes}"])  # fmt: skip
+    rows.append(
+        [
+            "stream, after close()",
+            f"{_ate(rec.poses, scene.poses):.4f}",
+            f"{dt:.1f}",
+            f"{stream.decodes}",
+        ]
+    )
     frames = load_frames(list(scene.images), size=w)
     pairs = make_pairs(n, "swinstride-5-noncyclic")
     preds = infer_pairs(SimulatedBackend(scene, **NOISE), frames, pairs, progress=False)
@@ -145,14 +170,23 @@ def table_offline(args) -> None:
         t0 = time.perf_counter()
         res = global_align(preds, config=AlignConfig(solver=solver))
         dt = time.perf_counter() - t0
-        rows.append([f"offline global_align ({solver})", f"{_ate(res.poses, scene.poses):.4f}",
-                     f"{dt:.1f}", f"{len(pairs)}"])  # fmt: skip
+        rows.append(
+            [
+                f"offline global_align ({solver})",
+                f"{_ate(res.poses, scene.poses):.4f}",
+                f"{dt:.1f}",
+                f"{len(pairs)}",
+            ]
+        )
     best = min(float(r[1]) for r in rows[2:])
     for r in rows:
         r.append(f"{float(r[1]) / best:.2f}")
-    print_table(f"trajectory vs the offline alignment, {n} frames {w}x{h}, same simulated network "
-                f"— {describe()}", ["method", "ATE (m)", "s", "decoder passes", "× best offline"],
-                rows)  # fmt: skip
+    print_table(
+        f"trajectory vs the offline alignment, {n} frames {w}x{h}, same simulated network "
+        f"— {describe()}",
+        ["method", "ATE (m)", "s", "decoder passes", "× best offline"],
+        rows,
+    )
 
 
 def table_network(args) -> None:
@@ -173,25 +207,40 @@ def table_network(args) -> None:
         ckpt = os.path.join(tmp, "random.pth")
         torch.manual_seed(0)
         save_checkpoint(PointmapNet(**MONST3R_KWARGS), ckpt, format="pth")
-        stream = Stream(ckpt, backend="torch", device="cpu", size=512,
-                        config=StreamConfig(refine="thread"))  # fmt: skip
+        stream = Stream(
+            ckpt, backend="torch", device="cpu", size=512, config=StreamConfig(refine="thread")
+        )
         t0 = time.perf_counter()
         lat = [stream.push(im).timings["total"] for im in frames.images]
         stream.close()
         s_stream = time.perf_counter() - t0
-        pipe = Pipeline(weights=ckpt, backend="torch", device="cpu", size=512,
-                        align=AlignConfig())  # fmt: skip
+        pipe = Pipeline(weights=ckpt, backend="torch", device="cpu", size=512, align=AlignConfig())
         t0 = time.perf_counter()
         pipe.run(list(frames.images), progress=False)
         s_off = time.perf_counter() - t0
-    rows = [["stream (1 encode, ~1 decode per frame)", f"{s_stream:.1f}", f"{n / s_stream:.3f}",
-             f"{np.median(lat):.1f}", f"{stream.decodes / n:.2f}"],
-            ["offline pipeline (swinstride-5, 300 Adam its)", f"{s_off:.1f}", f"{n / s_off:.3f}",
-             "", ""]]  # fmt: skip
+    rows = [
+        [
+            "stream (1 encode, ~1 decode per frame)",
+            f"{s_stream:.1f}",
+            f"{n / s_stream:.3f}",
+            f"{np.median(lat):.1f}",
+            f"{stream.decodes / n:.2f}",
+        ],
+        [
+            "offline pipeline (swinstride-5, 300 Adam its)",
+            f"{s_off:.1f}",
+            f"{n / s_off:.3f}",
+            "",
+            "",
+        ],
+    ]
     rows.append(["ratio", "", f"{s_off / s_stream:.2f}×", "", ""])
-    print_table(f"full-size network (random weights), {n} frames {w}x{h}, CPU fp32 — {describe()}, "
-                f"torch {torch.__version__}", ["mode", "s", "frames/s", "median s per push",
-                                               "decoder passes per frame"], rows)  # fmt: skip
+    print_table(
+        f"full-size network (random weights), {n} frames {w}x{h}, CPU fp32 — {describe()}, "
+        f"torch {torch.__version__}",
+        ["mode", "s", "frames/s", "median s per push", "decoder passes per frame"],
+        rows,
+    )
 
 
 def main() -> None:

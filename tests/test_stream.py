@@ -12,7 +12,7 @@ from tolerance import scale_of
 
 from monst3r_rt import Backend, Stream, StreamConfig, stream_video
 from monst3r_rt.frames import FrameError
-from monst3r_rt.geometry import umeyama, pair_moments
+from monst3r_rt.geometry import pair_moments, umeyama
 from monst3r_rt.reconstruction import Reconstruction
 from monst3r_rt.synthetic import SimulatedBackend, make_scene
 
@@ -28,8 +28,7 @@ def ate(pred: np.ndarray, gt: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def scene():
-    return make_scene(n_frames=24, size=SIZE, graph=None, n_objects=1, object_motion=0.08,
-                      seed=3)  # fmt: skip
+    return make_scene(n_frames=24, size=SIZE, graph=None, n_objects=1, object_motion=0.08, seed=3)
 
 
 def _run(scene, n=None, *, config=None, backend=None, output=None, **bk):
@@ -76,8 +75,12 @@ def test_noisy_predictions_close_to_offline_alignment(scene):
     noise = dict(depth_noise=0.03, pose_noise=0.01, scale_range=(0.5, 2.0), seed=1)
     _, results, rec = _run(scene, **noise)
     frames = load_frames(list(scene.images), size=SIZE[1])
-    preds = infer_pairs(SimulatedBackend(scene, **noise), frames,
-                        make_pairs(len(scene.images), "swinstride-5-noncyclic"), progress=False)  # fmt: skip
+    preds = infer_pairs(
+        SimulatedBackend(scene, **noise),
+        frames,
+        make_pairs(len(scene.images), "swinstride-5-noncyclic"),
+        progress=False,
+    )
     off = global_align(preds, config=AlignConfig(solver="lm"))
     gt = scene.poses
     offline = ate(off.poses.astype(np.float64), gt)
@@ -87,13 +90,15 @@ def test_noisy_predictions_close_to_offline_alignment(scene):
 
 def test_masks_recover_moving_objects():
     # DIS needs a few pixels of object motion: a larger frame than the other tests'
-    scene = make_scene(n_frames=12, size=(144, 256), graph=None, n_objects=2,
-                       object_motion=0.05, seed=3)  # fmt: skip
-    stream = Stream(backend=SimulatedBackend(scene), size=256,
-                    config=StreamConfig(refine="off"))  # fmt: skip
+    scene = make_scene(
+        n_frames=12, size=(144, 256), graph=None, n_objects=2, object_motion=0.05, seed=3
+    )
+    stream = Stream(backend=SimulatedBackend(scene), size=256, config=StreamConfig(refine="off"))
     results = [stream.push(im) for im in scene.images]
     rec = stream.close()
-    assert all(np.array_equal(r.dynamic_mask, m) for r, m in zip(results, rec.dynamic_masks))
+    assert all(
+        np.array_equal(r.dynamic_mask, m) for r, m in zip(results, rec.dynamic_masks, strict=True)
+    )
     gt = scene.dynamic_masks
     inter = (rec.dynamic_masks[1:] & gt[1:]).sum()
     union = (rec.dynamic_masks[1:] | gt[1:]).sum()
@@ -102,8 +107,11 @@ def test_masks_recover_moving_objects():
     assert false_pos < 0.05
     assert not rec.dynamic_masks[0].any()  # no previous frame: nothing can be called moving
     # the geometric (flow-free) fallback finds the object too
-    stream = Stream(backend=SimulatedBackend(scene), size=256,
-                    config=StreamConfig(refine="off", masks="geometric"))  # fmt: skip
+    stream = Stream(
+        backend=SimulatedBackend(scene),
+        size=256,
+        config=StreamConfig(refine="off", masks="geometric"),
+    )
     for im in scene.images:
         stream.push(im)
     geo = stream.close()
@@ -167,8 +175,9 @@ def test_interrupt_leaves_a_valid_folder(scene, tmp_path):
     out = tmp_path / "out"
     backend = _Interrupting(SimulatedBackend(scene), at=7)
     with pytest.raises(KeyboardInterrupt):
-        with Stream(backend=backend, size=SIZE[1], config=StreamConfig(refine="sync"),
-                    output=out) as s:  # fmt: skip
+        with Stream(
+            backend=backend, size=SIZE[1], config=StreamConfig(refine="sync"), output=out
+        ) as s:
             for im in scene.images:
                 s.push(im)
     rec = Reconstruction.load(out)
@@ -228,8 +237,14 @@ def test_stream_video_folder_and_max_frames(scene, tmp_path):
     folder.mkdir()
     for i, im in enumerate(scene.images[:8]):
         cv2.imwrite(str(folder / f"{i:03d}.png"), im[..., ::-1])
-    video = stream_video(folder, max_frames=5, backend=SimulatedBackend(scene), size=SIZE[1],
-                         config=StreamConfig(refine="sync"), output=tmp_path / "out")  # fmt: skip
+    video = stream_video(
+        folder,
+        max_frames=5,
+        backend=SimulatedBackend(scene),
+        size=SIZE[1],
+        config=StreamConfig(refine="sync"),
+        output=tmp_path / "out",
+    )
     got = [r.index for r in video]
     assert got == [0, 1, 2, 3, 4]
     assert len(video.reconstruction) == 5 and len(Reconstruction.load(tmp_path / "out")) == 5
@@ -245,8 +260,21 @@ def test_cli_stream(workdir, tmp_path, capsys):
 
     d, ckpt = workdir
     out = tmp_path / "live"
-    args = ["stream", str(d / "clip"), "-o", str(out), "--weights", str(ckpt), "--size", "224",
-            "--device", "cpu", "--max-frames", "6", "-q"]  # fmt: skip
+    args = [
+        "stream",
+        str(d / "clip"),
+        "-o",
+        str(out),
+        "--weights",
+        str(ckpt),
+        "--size",
+        "224",
+        "--device",
+        "cpu",
+        "--max-frames",
+        "6",
+        "-q",
+    ]
     assert cli.main(args) == 0
     summary = capsys.readouterr().out
     assert "decoder passes" in summary and "network" in summary and str(out) in summary
@@ -255,8 +283,9 @@ def test_cli_stream(workdir, tmp_path, capsys):
     assert cli.main(args) == 2  # an existing output folder is refused before any work
     assert "not empty" in capsys.readouterr().err
     target = tmp_path / "never"
-    code = cli.main(["stream", str(tmp_path / "missing.mp4"), "-o", str(target), "--weights",
-                     str(ckpt), "-q"])  # fmt: skip
+    code = cli.main(
+        ["stream", str(tmp_path / "missing.mp4"), "-o", str(target), "--weights", str(ckpt), "-q"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "missing.mp4" in err and not target.exists()
     code = cli.main(["stream", "7", "-o", str(target), "--weights", str(ckpt), "-q"])
@@ -296,8 +325,12 @@ def test_pose_graph_refinement_recovers_exact_keyframes():
     rng = np.random.default_rng(0)
     graph = KeyframeGraph(sweeps=60, iters=10)  # block-coordinate descent: linear convergence
     for k, pose in gt.items():
-        graph.add_keyframe(k, cams[k], np.ones(cams[k].shape[:2], np.float32),
-                           pose if k == 0 else _perturb(pose, rng))  # fmt: skip
+        graph.add_keyframe(
+            k,
+            cams[k],
+            np.ones(cams[k].shape[:2], np.float32),
+            pose if k == 0 else _perturb(pose, rng),
+        )
     for t, m in pairs:
         _, _, p2, c2 = bk.predict(t, m)
         graph.add_edge(t, m, p2, np.log(c2), 1.0)

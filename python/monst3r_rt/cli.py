@@ -243,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-drop", action="store_true",
                     help="live sources: queue frames instead of dropping those that arrive "
                          "while one is processed")  # fmt: skip
-    st.add_argument("--keep", default="none", choices=["all", "none"],
-                    help="per-pixel arrays kept in memory (none: flat memory; default)")
+    st.add_argument(
+        "--keep",
+        default="none",
+        choices=["all", "none"],
+        help="per-pixel arrays kept in memory (none: flat memory; default)",
+    )
     st.add_argument("--masks", default="flow", choices=["flow", "geometric", "none"])
     st.add_argument("--refine", default="thread", choices=["thread", "sync", "off"])
     st.add_argument("--viewer", action="store_true", help="log to a live rerun viewer")

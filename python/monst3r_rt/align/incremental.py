@@ -154,17 +154,25 @@ class KeyframeAligner:
             return RefineResult()
         data = prepare(
             np.array([[slot[e.i], slot[e.j]] for e in edges], np.int64),
-            np.stack([e.pts_i for e in edges]), np.stack([e.pts_j for e in edges]),
-            np.stack([e.conf_i for e in edges]), np.stack([e.conf_j for e in edges]),
+            np.stack([e.pts_i for e in edges]),
+            np.stack([e.pts_j for e in edges]),
+            np.stack([e.conf_i for e in edges]),
+            np.stack([e.conf_j for e in edges]),
             len(ids),
-        )  # fmt: skip
+        )
         params, gauge = self._params(ids, edges)
         fixed = np.zeros(len(ids), bool)
         fixed[:frozen] = True
         params, history = optimize(
-            data, None, self.config, self.device, params, frozen=fixed, freeze_focal=True,
+            data,
+            None,
+            self.config,
+            self.device,
+            params,
+            frozen=fixed,
+            freeze_focal=True,
             pin_scale=True,
-        )  # fmt: skip
+        )
         return self._store(ids, edges, params, gauge, fixed, history, time.perf_counter() - t0)
 
     def _params(self, ids: list[int], edges: list[_Edge]) -> tuple[dict[str, np.ndarray], float]:

@@ -106,21 +106,37 @@ class StreamConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
-        choices = {"refine": REFINE_MODES, "refine_objective": ("rays", "alignment"), "masks": MASK_METHODS, "keep": KEEP,
-                   "flow_preset": ("ultrafast", "fast", "medium")}  # fmt: skip
+        choices = {
+            "refine": REFINE_MODES,
+            "refine_objective": ("rays", "alignment"),
+            "masks": MASK_METHODS,
+            "keep": KEEP,
+            "flow_preset": ("ultrafast", "fast", "medium"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"StreamConfig.{name} must be one of {list(allowed)}, "
                     f"got {getattr(self, name)!r}"
                 )
-        ranges = {"keyframe_overlap": (0.0, 1.0), "mask_threshold": (0.0, 1.0),
-                  "track_axial_weight": (1e-6, 1.0)}  # fmt: skip
+        ranges = {
+            "keyframe_overlap": (0.0, 1.0),
+            "mask_threshold": (0.0, 1.0),
+            "track_axial_weight": (1e-6, 1.0),
+        }
         for name, (lo, hi) in ranges.items():
             if not lo <= getattr(self, name) <= hi:
                 raise ValueError(f"StreamConfig.{name} must be in [{lo}, {hi}]")
-        positive = ("keyframe_baseline", "keyframe_max_gap", "mask_gap", "track_stride", "track_iters",
-                    "track_huber", "window", "refine_pixels")  # fmt: skip
+        positive = (
+            "keyframe_baseline",
+            "keyframe_max_gap",
+            "mask_gap",
+            "track_stride",
+            "track_iters",
+            "track_huber",
+            "window",
+            "refine_pixels",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"StreamConfig.{name} must be > 0, got {getattr(self, name)}")

@@ -1,9 +1,9 @@
 """Online dynamic masks for the streaming mode: one flow per frame, scored against the ego-flow
 of the tracked camera, as :func:`monst3r_rt.dynamic_masks`' ``robust`` method scores it.
 
-- ``flow`` (default): DIS flow from frame t to an earlier frame t−k (t's pixel grid), the ego-flow that the
-  camera motion t → t−k and frame t's depth predict (:func:`monst3r_rt.egoflow.ego_flow_error`,
-  the C++ kernel), the per-pixel end-point error turned into a score by
+- ``flow`` (default): DIS flow from frame t to an earlier frame t−k (t's pixel grid), the ego-flow
+  that the camera motion t → t−k and frame t's depth predict
+  (:func:`monst3r_rt.egoflow.ego_flow_error`, the C++ kernel), the per-pixel end-point error turned into a score by
   :func:`monst3r_rt.masks.robust_scores` (error above the map's median in units of its robust
   noise scale); pixels whose flow leaves the image or fails the forward-backward check (a second
   DIS flow, t−k → t) do not vote, and are marked only when their error saturates the score
@@ -58,9 +58,13 @@ def flow_mask(
     flow = dis_flow(np.stack([image, prev_image]), np.stack([prev_image, image]), preset)
     rot, trans = relative_pose(pose, prev_pose)  # camera t → camera t−k
     err = ego_flow_error(
-        np.ascontiguousarray(depth[None], np.float32), focal, prev_focal,
-        rot.astype(np.float32), trans.astype(np.float32), flow[:1],
-    )  # fmt: skip
+        np.ascontiguousarray(depth[None], np.float32),
+        focal,
+        prev_focal,
+        rot.astype(np.float32),
+        trans.astype(np.float32),
+        flow[:1],
+    )
     xs = np.arange(w, dtype=np.float32)[None, :] + flow[0, 0]
     ys = np.arange(h, dtype=np.float32)[:, None] + flow[0, 1]
     inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1) & (depth > 0)

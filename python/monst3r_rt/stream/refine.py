@@ -83,9 +83,11 @@ class KeyframeGraph:
     def add_keyframe(self, kf: int, cam_pts: np.ndarray, weight: np.ndarray, pose: np.ndarray):
         """A keyframe: (h,w,3) camera-frame points (world units at creation), (h,w) weights,
         (4,4) camera-to-world pose."""
-        self.nodes[kf] = _Node(np.ascontiguousarray(cam_pts.reshape(-1, 3), np.float32),
-                               np.ascontiguousarray(weight.reshape(-1), np.float32),
-                               np.asarray(pose, np.float64).copy())  # fmt: skip
+        self.nodes[kf] = _Node(
+            np.ascontiguousarray(cam_pts.reshape(-1, 3), np.float32),
+            np.ascontiguousarray(weight.reshape(-1), np.float32),
+            np.asarray(pose, np.float64).copy(),
+        )
 
     def add_edge(self, t: int, m: int, pts: np.ndarray, weight: np.ndarray, scale: float):
         """An edge from keyframe t to the older keyframe m: (h,w,3) m's pointmap in t's camera
@@ -95,10 +97,12 @@ class KeyframeGraph:
                 raise ValueError(f"edge ({t}, {m}): keyframe {k} was not added")
         pts = np.ascontiguousarray(pts.reshape(-1, 3), np.float32)
         if len(pts) != len(self.nodes[m].cam):
-            raise ValueError(f"edge ({t}, {m}): {len(pts)} points, keyframe {m} has "
-                             f"{len(self.nodes[m].cam)}")  # fmt: skip
-        self.edges.append(_Edge(t, m, pts, np.ascontiguousarray(weight.reshape(-1), np.float32),
-                                float(scale)))  # fmt: skip
+            raise ValueError(
+                f"edge ({t}, {m}): {len(pts)} points, keyframe {m} has {len(self.nodes[m].cam)}"
+            )
+        self.edges.append(
+            _Edge(t, m, pts, np.ascontiguousarray(weight.reshape(-1), np.float32), float(scale))
+        )
 
     def _world(self, k: int) -> np.ndarray:
         n = self.nodes[k]
@@ -134,11 +138,18 @@ class KeyframeGraph:
         node = self.nodes[k]
         init = (1.0, node.pose[:3, :3], node.pose[:3, 3])
         try:
-            fit = track_sim3(src.astype(np.float32), dst.astype(np.float32),
-                             w.astype(np.float32), (1.0 / np.maximum(depth, 1e-6)).astype(
-                                 np.float32), init=init, iters=self.iters, huber=self.huber,
-                             axis=rays.astype(np.float32), axial_weight=self.axial_weight,
-                             with_scale=self.with_scale)  # fmt: skip
+            fit = track_sim3(
+                src.astype(np.float32),
+                dst.astype(np.float32),
+                w.astype(np.float32),
+                (1.0 / np.maximum(depth, 1e-6)).astype(np.float32),
+                init=init,
+                iters=self.iters,
+                huber=self.huber,
+                axis=rays.astype(np.float32),
+                axial_weight=self.axial_weight,
+                with_scale=self.with_scale,
+            )
         except ValueError:
             return False
         if not (np.isfinite(fit.scale) and fit.scale > 0 and np.isfinite(fit.trans).all()):

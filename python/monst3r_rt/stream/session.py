@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import check_output_dir
 from ..align.incremental import KeyframeAligner, RefineResult
 from ..frames import FrameError, preprocess_image, to_rgb8
 from ..geometry import estimate_focal, intrinsic_matrix, world_points
@@ -71,7 +72,12 @@ def _decimate(a: np.ndarray, k: int) -> np.ndarray:
 def _refine_stride(h: int, w: int, pixels: int) -> int:
     """Largest power of two ≤ 16 dividing H and W that keeps ≥ ``pixels`` pixels (≥ 1)."""
     k = 1
-    while k < 16 and h % (2 * k) == 0 and w % (2 * k) == 0 and (h // (2 * k)) * (w // (2 * k)) >= pixels:
+    while (
+        k < 16
+        and h % (2 * k) == 0
+        and w % (2 * k) == 0
+        and (h // (2 * k)) * (w // (2 * k)) >= pixels
+    ):
         k *= 2
     return k
 
@@ -117,6 +123,8 @@ class Stream:
         cfg.check()
         if cfg.keep == "none" and output is None:
             raise ValueError("StreamConfig(keep='none') needs an output folder (output=...)")
+        if output is not None:  # before anything is loaded: nothing the user has is touched
+            check_output_dir(output, overwrite)
         self.size = size
         self._meta: dict[str, Any] = {"mode": "stream", "config": cfg.to_dict()}
         align_device = "cpu"
@@ -125,14 +133,23 @@ class Stream:
         else:
             from ..pipeline import Pipeline
 
-            pipe = Pipeline(weights=weights, backend=backend, engine=engine, device=device,
-                            precision=precision, size=size, flow=None)  # fmt: skip
+            pipe = Pipeline(
+                weights=weights,
+                backend=backend,
+                engine=engine,
+                device=device,
+                precision=precision,
+                size=size,
+                flow=None,
+            )
             plan = pipe.check()
             align_device = plan.align_device
             self.backend = pipe.backend_for_run()
+            self._meta["weights"] = pipe.weights_source
         if cfg.refine_objective == "rays":
-            self._graph: Any = KeyframeGraph(huber=cfg.track_huber,
-                                             axial_weight=cfg.track_axial_weight)  # fmt: skip
+            self._graph: Any = KeyframeGraph(
+                huber=cfg.track_huber, axial_weight=cfg.track_axial_weight
+            )
         else:
             self._graph = KeyframeAligner(cfg.align, device=align_device)
         self._writer = None
@@ -161,7 +178,7 @@ class Stream:
         self.decodes = 0
         self.refinements: list[RefineResult] = []
 
-    # ---- context manager ------------------------------------------------------------------------
+    # ---- context manager -------------------------------------------------------------------------
     def __enter__(self) -> Stream:
         return self
 
@@ -175,7 +192,7 @@ class Stream:
                 if exc[0] is None:
                     raise
 
-    # ---- per frame --------------------------------------------------------------------------------
+    # ---- per frame -------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` (or :meth:`abort`) was called."""
@@ -207,7 +224,8 @@ class Stream:
 
         Args:
             image: (H,W,3) uint8 RGB (grayscale, RGBA, uint16 and bool are converted, other
-                pixel types refused, as ``load_frames`` does), any size; preprocessed to the model resolution like
+                pixel types refused, as ``load_frames`` does), any size; preprocessed to the model
+                resolution like
                 ``load_frames(size=size)``; every frame must give the first frame's resolution.
 
         Returns:
@@ -239,8 +257,9 @@ class Stream:
         decodes = 1
         t0 = time.perf_counter()
         if is_kf:
-            decodes += self._add_keyframe(t, tokens, pts1, conf1, pts2, conf2, scale, pose,
-                                          focal, mask, ref, timings)  # fmt: skip
+            decodes += self._add_keyframe(
+                t, tokens, pts1, conf1, pts2, conf2, scale, pose, focal, mask, ref, timings
+            )
         timings["keyframe"] = time.perf_counter() - t0
         kf = t if is_kf else ref.frame  # type: ignore[union-attr]
         rel = np.linalg.inv(self._kf_pose[kf]) @ pose
@@ -264,6 +283,9 @@ class Stream:
         arr = np.asarray(image)
         rgb = preprocess_image(to_rgb8(arr, f"frame {t}", bgr=False), self.size)
         if self._shape is None:
+            check = getattr(self.backend, "check_size", None)
+            if check is not None:  # a fixed-size engine: say so before any network work
+                check(rgb.shape[:2])
             self._shape = rgb.shape[:2]
         elif rgb.shape[:2] != self._shape:
             raise FrameError(
@@ -276,8 +298,9 @@ class Stream:
     def _decode(self, tokens: Any, other: Any) -> tuple[np.ndarray, ...]:
         """One decoder pass; non-finite outputs masked (points NaN, confidence 1)."""
         h, w = self._shape  # type: ignore[misc]
-        pts1, conf1, pts2, conf2 = (np.asarray(a[0], np.float32)
-                                    for a in self.backend.decode(tokens, other, (h, w)))  # fmt: skip
+        pts1, conf1, pts2, conf2 = (
+            np.asarray(a[0], np.float32) for a in self.backend.decode(tokens, other, (h, w))
+        )
         self.decodes += 1
         out = []
         for pts, conf in ((pts1, conf1), (pts2, conf2)):
@@ -288,7 +311,7 @@ class Stream:
             out += [pts, np.maximum(conf, 1.0)]
         return tuple(out)
 
-    # ---- tracking ---------------------------------------------------------------------------------
+    # ---- tracking --------------------------------------------------------------------------------
     def _world(self, kf: _Keyframe) -> np.ndarray:
         """(h,w,3) world points of a keyframe's decimated map (current pose and scale)."""
         pose = self._kf_pose[kf.frame]
@@ -311,11 +334,16 @@ class Stream:
         rays = ref.cam_pts.reshape(-1, 3) @ self._kf_pose[ref.frame][:3, :3].T
         # closed-form start each frame: cheap, and independent of the previous frame's errors
         try:
-            fit = track_sim3(src.astype(np.float32), dst.astype(np.float32),
-                             w.astype(np.float32), (1.0 / z).astype(np.float32),
-                             iters=self.config.track_iters, huber=self.config.track_huber,
-                             axis=rays.astype(np.float32),
-                             axial_weight=self.config.track_axial_weight)  # fmt: skip
+            fit = track_sim3(
+                src.astype(np.float32),
+                dst.astype(np.float32),
+                w.astype(np.float32),
+                (1.0 / z).astype(np.float32),
+                iters=self.config.track_iters,
+                huber=self.config.track_huber,
+                axis=rays.astype(np.float32),
+                axial_weight=self.config.track_axial_weight,
+            )
             ok = fit.scale > 0 and np.isfinite(fit.scale) and np.isfinite(fit.trans).all()
         except ValueError:  # too few usable correspondences, or all of them degenerate
             ok = False
@@ -352,13 +380,29 @@ class Stream:
         if method == "flow" and self._prev:
             prev_rgb, prev_pose, prev_focal = self._prev[0]
             clean = np.where(np.isfinite(depth), depth, 0).astype(np.float32)
-            mask = flow_mask(rgb, prev_rgb, clean, focal, prev_focal, pose, prev_pose,
-                             self.config.mask_threshold, self.config.flow_preset)[0]  # fmt: skip
+            mask = flow_mask(
+                rgb,
+                prev_rgb,
+                clean,
+                focal,
+                prev_focal,
+                pose,
+                prev_pose,
+                self.config.mask_threshold,
+                self.config.flow_preset,
+            )[0]
         elif method == "geometric" and ref is not None:
             kf_depth = self._kf_depth_full(ref)
             clean = np.where(np.isfinite(depth), depth, 0)
-            mask = geometric_mask(clean, focal, pose, kf_depth, self._records[ref.frame].focal,
-                                  self._kf_pose[ref.frame], self.config.mask_threshold)[0]  # fmt: skip
+            mask = geometric_mask(
+                clean,
+                focal,
+                pose,
+                kf_depth,
+                self._records[ref.frame].focal,
+                self._kf_pose[ref.frame],
+                self.config.mask_threshold,
+            )[0]
         timings["mask"] = time.perf_counter() - t0
         return mask
 
@@ -369,7 +413,7 @@ class Stream:
         h, w = self._shape  # type: ignore[misc]
         return np.repeat(np.repeat(z, k, 0), k, 1)[:h, :w]
 
-    # ---- keyframes and refinement -----------------------------------------------------------------
+    # ---- keyframes and refinement ----------------------------------------------------------------
     def _is_keyframe(self, ref: _Keyframe, t: int, pose, pts2, conf2, focal) -> bool:
         cfg = self.config
         if t - ref.frame >= cfg.keyframe_max_gap:
@@ -386,8 +430,9 @@ class Stream:
         baseline = moved / max(ref.depth_median * self._kf_scale[ref.frame], 1e-9)
         return overlap < cfg.keyframe_overlap or baseline > cfg.keyframe_baseline
 
-    def _add_keyframe(self, t, tokens, pts1, conf1, pts2, conf2, scale, pose, focal, mask, ref,
-                      timings) -> int:  # fmt: skip
+    def _add_keyframe(
+        self, t, tokens, pts1, conf1, pts2, conf2, scale, pose, focal, mask, ref, timings
+    ) -> int:
         """Make frame t a keyframe: cache its state, decode extra links, add it to the graph and
         schedule a refinement. Returns the extra decoder passes run."""
         cfg = self.config
@@ -399,8 +444,9 @@ class Stream:
         z = cam[..., 2][np.isfinite(cam[..., 2])]
         self._kf_pose[t] = pose.copy()
         self._kf_scale[t] = 1.0
-        kf = _Keyframe(t, tokens, cam, weight.astype(np.float32),
-                       float(np.median(z)) if z.size else 1.0)  # fmt: skip
+        kf = _Keyframe(
+            t, tokens, cam, weight.astype(np.float32), float(np.median(z)) if z.size else 1.0
+        )
         h, w = self._shape  # type: ignore[misc]
         r = _refine_stride(h, w, cfg.refine_pixels)
         static_r = ~_decimate(mask, r)
@@ -498,11 +544,14 @@ class Stream:
         if res.keyframes:
             self.refinements.append(res)
 
-    # ---- results ----------------------------------------------------------------------------------
+    # ---- results ---------------------------------------------------------------------------------
     def poses(self) -> np.ndarray:
         """(N,4,4) float64 camera-to-world of every frame with the latest refinement applied."""
-        return np.stack([self._pose_of(r) for r in self._records]) if self._records else (
-            np.zeros((0, 4, 4)))  # fmt: skip
+        return (
+            np.stack([self._pose_of(r) for r in self._records])
+            if self._records
+            else (np.zeros((0, 4, 4)))
+        )
 
     def _pose_of(self, r: _FrameRecord) -> np.ndarray:
         rel = r.rel.copy()
@@ -516,8 +565,11 @@ class Stream:
         h, w = self._shape if self._shape else (0, 0)
         shared = float(np.exp(np.mean(self._log_focals))) if self._log_focals else 1.0
         focals = [shared if self.config.shared_focal else r.focal for r in self._records]
-        return np.stack([intrinsic_matrix(f, (w / 2, h / 2)) for f in focals]) if focals else (
-            np.zeros((0, 3, 3)))  # fmt: skip
+        return (
+            np.stack([intrinsic_matrix(f, (w / 2, h / 2)) for f in focals])
+            if focals
+            else (np.zeros((0, 3, 3)))
+        )
 
     def close(self) -> Reconstruction:
         """End the stream: wait for the refinement, solve once over all keyframes
@@ -547,22 +599,36 @@ class Stream:
         poses = self.poses()
         k = self._intrinsics()
         scales = self._depth_scales()
-        meta = dict(self._meta, backend=getattr(self.backend, "name", "custom"),
-                    encodes=self.encodes, decodes=self.decodes, keyframes=self.keyframes,
-                    refinements=len(self.refinements), lost=self.lost,
-                    focal_fallbacks=self.focal_fallbacks)  # fmt: skip
+        meta = dict(
+            self._meta,
+            backend=getattr(self.backend, "name", "custom"),
+            encodes=self.encodes,
+            decodes=self.decodes,
+            keyframes=self.keyframes,
+            refinements=len(self.refinements),
+            lost=self.lost,
+            focal_fallbacks=self.focal_fallbacks,
+        )
         if self._writer is not None:
             rec = self._writer.finalize(poses, k, scales, meta)
             if self.config.keep == "none":
                 return rec
         images, depths, conf, masks = (np.stack(a) for a in zip(*self._kept, strict=True))
         depths = (depths * scales[:, None, None]).astype(np.float32)
-        pts = world_points(np.nan_to_num(depths, nan=0.0), poses.astype(np.float32),
-                           k.astype(np.float32))  # fmt: skip
+        pts = world_points(
+            np.nan_to_num(depths, nan=0.0), poses.astype(np.float32), k.astype(np.float32)
+        )
         pts[~np.isfinite(depths)] = np.nan
-        return Reconstruction(frames=images, depths=depths, poses=poses.astype(np.float32),
-                              intrinsics=k.astype(np.float32), conf=conf, dynamic_masks=masks,
-                              pts3d=pts, meta=meta)  # fmt: skip
+        return Reconstruction(
+            frames=images,
+            depths=depths,
+            poses=poses.astype(np.float32),
+            intrinsics=k.astype(np.float32),
+            conf=conf,
+            dynamic_masks=masks,
+            pts3d=pts,
+            meta=meta,
+        )
 
     def held_bytes(self) -> int:
         """Bytes of per-pixel arrays this stream holds in memory (keyframe caches, the refinement

@@ -121,8 +121,15 @@ class VideoStream:
     garbage collection, Ctrl-C) or on an error, and :attr:`reconstruction` then holds
     ``Stream.close()``'s result (refined poses; the output folder is finalised)."""
 
-    def __init__(self, source: Any, *, max_frames: int | None = None, drop: bool | None = None,
-                 timeout: float = 10.0, **stream_kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        source: Any,
+        *,
+        max_frames: int | None = None,
+        drop: bool | None = None,
+        timeout: float = 10.0,
+        **stream_kwargs: Any,
+    ):
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be ≥ 1, got {max_frames}")
         self.source = FrameSource(source, drop=drop, timeout=timeout)

@@ -56,8 +56,11 @@ class LatencyStats:
 
     def rows(self) -> list[tuple[str, str]]:
         """(stage, "p50 / p95 ms") rows for every stage seen, then the decoder passes."""
-        out = [(s, f"{self.percentile(s, 50):.1f} / {self.percentile(s, 95):.1f} ms")
-               for s in (*STAGES, "non_network") if s in self.timings]  # fmt: skip
+        out = [
+            (s, f"{self.percentile(s, 50):.1f} / {self.percentile(s, 95):.1f} ms")
+            for s in (*STAGES, "non_network")
+            if s in self.timings
+        ]
         per = self.decodes / max(self.frames, 1)
         out.append(("decoder passes", f"{self.decodes} ({per:.2f} per frame)"))
         return out
