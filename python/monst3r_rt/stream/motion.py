@@ -3,8 +3,8 @@ of the tracked camera, as :func:`monst3r_rt.dynamic_masks`' ``robust`` method sc
 
 - ``flow`` (default): DIS flow from frame t to an earlier frame t−k (t's pixel grid), the ego-flow
   that the camera motion t → t−k and frame t's depth predict
-  (:func:`monst3r_rt.egoflow.ego_flow_error`, the C++ kernel), the per-pixel end-point error turned into a score by
-  :func:`monst3r_rt.masks.robust_scores` (error above the map's median in units of its robust
+  (:func:`monst3r_rt.egoflow.ego_flow_error`, the C++ kernel), the per-pixel end-point error
+  turned into a score by :func:`monst3r_rt.masks.robust_scores` (error above the map's median in units of its robust
   noise scale); pixels whose flow leaves the image or fails the forward-backward check (a second
   DIS flow, t−k → t) do not vote, and are marked only when their error saturates the score
   (measured on the simulated scene at 512×288: IoU 0.81 / 3.9 % false positives with this rule,
