@@ -29,33 +29,55 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                        "forward measured side by side (see README, Benchmarking).")  # fmt: skip
     src = b.add_mutually_exclusive_group()
     src.add_argument("--weights", help="checkpoint path or Hub id to run")
-    src.add_argument("--random", action="store_true",
-                     help="full-size MonST3R architecture with random weights (no download)")
+    src.add_argument(
+        "--random",
+        action="store_true",
+        help="full-size MonST3R architecture with random weights (no download)",
+    )
     b.add_argument("--size", default="512x288", help="WxH, multiples of 16 (default 512x288)")
-    b.add_argument("--backend", default="torch,onnxruntime,tensorrt",
-                   help="comma-separated: torch, onnxruntime, tensorrt")
+    b.add_argument(
+        "--backend",
+        default="torch,onnxruntime,tensorrt",
+        help="comma-separated: torch, onnxruntime, tensorrt",
+    )
     b.add_argument("--engine", help="export folder (monst3r-rt export) for onnxruntime/tensorrt")
-    b.add_argument("--export", action="store_true",
-                   help="without --engine: export this run's network to a temporary folder "
-                        "for the onnxruntime/tensorrt rows (minutes at full size)")
+    b.add_argument(
+        "--export",
+        action="store_true",
+        help="without --engine: export this run's network to a temporary folder "
+        "for the onnxruntime/tensorrt rows (minutes at full size)",
+    )
     b.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16")
     b.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,16")
-    b.add_argument("--stage", default=None,
-                   help="comma-separated: encoder, decoder, pair, stream, align, pipeline "
-                        "(default: all; --quick: encoder,decoder,pair,stream)")
+    b.add_argument(
+        "--stage",
+        default=None,
+        help="comma-separated: encoder, decoder, pair, stream, align, pipeline "
+        "(default: all; --quick: encoder,decoder,pair,stream)",
+    )
     b.add_argument("--frames", type=int, help="frames of the stream/align/pipeline rows")
     b.add_argument("--clip", help="video or image folder for stream/pipeline (default: generated)")
-    b.add_argument("--scale", action="store_true",
-                   help="align/pipeline at N = 16, 32, 65, 128 frames (how cost grows)")
+    b.add_argument(
+        "--scale",
+        action="store_true",
+        help="align/pipeline at N = 16, 32, 65, 128 frames (how cost grows)",
+    )
     b.add_argument("--warmup", type=int, default=1, help="unmeasured calls per row")
     b.add_argument("--repeat", type=int, default=5, help="measured calls per row")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     b.add_argument("--json", dest="json_out", help="write the results (versioned schema)")
     b.add_argument("--compare", help="an earlier --json: print per-row ratios")
-    b.add_argument("--fail-above", type=parse_fraction, default=0.10,
-                   help="with --compare: exit 1 when a row is slower by more (default 10%%)")
-    b.add_argument("--quick", action="store_true",
-                   help="encoder, decoder, pair, stream; one batch size; 1 warm-up, 3 repeats")
+    b.add_argument(
+        "--fail-above",
+        type=parse_fraction,
+        default=0.10,
+        help="with --compare: exit 1 when a row is slower by more (default 10%%)",
+    )
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="encoder, decoder, pair, stream; one batch size; 1 warm-up, 3 repeats",
+    )
     b.add_argument("--config", choices=["tiny"], help=argparse.SUPPRESS)  # tests
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=main)
@@ -70,8 +92,18 @@ TINY = dict(pos_embed="RoPE100", img_size=(64, 64), head_type="linear", output_m
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark of parsed ``args``; 0, 1 (a regression beyond ``--fail-above``),
     2 (bad options, raised as ValueError to the CLI) or 130 (interrupted)."""
-    from . import (compare, format_comparison, format_header, format_scale, format_table,
-                   load_json, machine_info, make_document, run, save_json)  # fmt: skip
+    from . import (
+        compare,
+        format_comparison,
+        format_header,
+        format_scale,
+        format_table,
+        load_json,  # fmt: skip
+        machine_info,
+        make_document,
+        run,
+        save_json,
+    )
     from .runner import STAGES, check_options
 
     stages = args.stage if args.stage is not None else STAGES
@@ -96,8 +128,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nmonst3r-rt bench: interrupted; {len(records)} rows measured", file=sys.stderr)
     elapsed = time.perf_counter() - t0
     what = "random weights" if args.random else f"weights {args.weights}"
-    print(f"\n{settings.get('device', args.device)}, {args.size}, {what}, "
-          f"{elapsed:.0f} s{' (interrupted)' if interrupted else ''}")
+    print(
+        f"\n{settings.get('device', args.device)}, {args.size}, {what}, "
+        f"{elapsed:.0f} s{' (interrupted)' if interrupted else ''}"
+    )
     print(format_table(records))
     scale = format_scale(records)
     if scale:

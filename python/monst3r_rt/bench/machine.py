@@ -141,6 +141,8 @@ def format_header(info: dict[str, Any]) -> str:
         archs = " ".join(core.get("cuda_architectures") or []) or "none"
         cuda = (f"CUDA {core.get('cuda_version')} archs {archs}" if core.get("cuda")
                 else f"no CUDA ({core.get('cuda_reason')})")  # fmt: skip
-        lines.append(f"_core: {core.get('compiler')}, {core.get('build_type')}, "
-                     f"OpenMP {core.get('omp_threads') if core.get('openmp') else 'off'}, {cuda}")  # fmt: skip
+        omp = core.get("omp_threads") if core.get("openmp") else "off"
+        lines.append(
+            f"_core: {core.get('compiler')}, {core.get('build_type')}, OpenMP {omp}, {cuda}"
+        )
     return "\n".join(lines)

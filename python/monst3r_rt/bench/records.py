@@ -212,7 +212,8 @@ def format_table(records: list[Record]) -> str:
                r.batch if r.stage in ("encoder", "decoder", "pair") else "-",
                r.frames or "-", _ms(r.p50_ms), _ms(r.p95_ms), _ms(r.p99_ms),
                f"{_f(r.throughput, '.3g')} {r.unit}" if r.ok else "-",
-               f"{r.speedup:.2f}x" if r.speedup is not None else "-", _f(r.peak_rss_mb, ".0f")]  # fmt: skip
+               f"{r.speedup:.2f}x" if r.speedup is not None else "-",
+               _f(r.peak_rss_mb, ".0f")]  # fmt: skip
         if gpu:
             row.append(f"{_f(r.peak_gpu_allocated_mb, '.0f')}/{_f(r.peak_gpu_reserved_mb, '.0f')}")
         if r.ok:
@@ -241,9 +242,10 @@ def format_scale(records: list[Record]) -> str:
         t0, m0, n0 = rs[0].p50_ms, rs[0].peak_rss_mb, rs[0].frames
         for r in rs:
             name = " ".join(p for p in (key[0], key[1], key[2] if key[2] != "none" else "") if p)
-            rows.append([name, r.frames, f"{r.p50_ms / 1e3:.2f}", f"{r.p50_ms / 1e3 / r.frames:.3f}",
-                         f"{r.p50_ms / t0:.2f}x", f"{r.frames / n0:.2f}x", _f(r.peak_rss_mb, ".0f"),
-                         f"{r.peak_rss_mb / m0:.2f}x" if m0 and r.peak_rss_mb else "-"])  # fmt: skip
+            s = r.p50_ms / 1e3
+            mem = f"{r.peak_rss_mb / m0:.2f}x" if m0 and r.peak_rss_mb else "-"
+            rows.append([name, r.frames, f"{s:.2f}", f"{s / r.frames:.3f}", f"{r.p50_ms / t0:.2f}x",
+                         f"{r.frames / n0:.2f}x", _f(r.peak_rss_mb, ".0f"), mem])  # fmt: skip
     if not rows:
         return ""
     return markdown_table(["series", "N", "p50 s", "s per frame", "time vs first", "N vs first",

@@ -99,14 +99,20 @@ def check_options(*, weights: Any = None, random: bool = False, size: Any = "512
     if warmup < 0 or repeat < 1:
         raise ValueError(f"need warmup >= 0 and repeat >= 1, got {warmup} and {repeat}")
     for what, path in (("weights", weights), ("engine", engine), ("clip", clip)):
-        if path is not None and not os.path.exists(path) and not (
-            what == "weights" and "/" in str(path) and not str(path).startswith((".", "/"))
+        if (
+            path is not None
+            and not os.path.exists(path)
+            and not (
+                what == "weights" and "/" in str(path) and not str(path).startswith((".", "/"))
+            )
         ):  # a Hub id for weights is resolved later
             raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         import torch
     except ImportError:
-        raise RuntimeError("monst3r-rt bench needs torch (pip install 'monst3r-rt[torch]')")
+        raise RuntimeError(
+            "monst3r-rt bench needs torch (pip install 'monst3r-rt[torch]')"
+        ) from None
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise RuntimeError("--device cuda: torch sees no CUDA GPU; use --device cpu or auto")
@@ -242,7 +248,8 @@ def run(*, weights: str | None = None, random: bool = False, size: Any = "512x28
                              lambda key=key: S.stream_row(ctx, ctx.backend(key), key[0],
                                                           key[1], stream_n),
                              lambda st_, why, kind=kind, p=p: ctx.row(
-                                 "stream", kind, p, frames=stream_n, status=st_, reason=why)))  # fmt: skip
+                                 "stream", kind, p, frames=stream_n, status=st_,
+                                 reason=why)))  # fmt: skip
     if "align" in st:
         for solver in SOLVERS:
             for n in ns:
@@ -258,7 +265,8 @@ def run(*, weights: str | None = None, random: bool = False, size: Any = "512x28
                     plan.append((f"pipeline {kind} {p} N={n}", min(ctx.repeat, 3),
                                  lambda kind=kind, p=p, n=n: S.pipeline_row(ctx, kind, p, n),
                                  lambda st_, why, kind=kind, p=p, n=n: ctx.row(
-                                     "pipeline", kind, p, frames=n, status=st_, reason=why)))  # fmt: skip
+                                     "pipeline", kind, p, frames=n, status=st_,
+                                     reason=why)))  # fmt: skip
 
     bar = _Bar(sum(c for _, c, _, _ in plan), progress)
     records: list[Record] = []

@@ -381,8 +381,9 @@ def pipeline_row(ctx: Context, kind: str, precision: str, frames: int) -> Record
         ok, why = tensorrt_available()
         if not ok:
             raise ValueError(f"TensorRT is not usable here: {why}")
-    pipe = Pipeline(weights=ctx.checkpoint() if kind == "torch" else None, backend=kind,
-                    engine=engine, device=ctx.device, precision=precision, size=long_side)  # fmt: skip
+    weights = ctx.checkpoint() if kind == "torch" else None
+    pipe = Pipeline(weights=weights, backend=kind, engine=engine, device=ctx.device,
+                    precision=precision, size=long_side)  # fmt: skip
     images = list(clip_images(ctx, frames))
     runs: list[dict[str, float]] = []
 
