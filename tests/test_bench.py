@@ -141,16 +141,16 @@ def test_cli_compare_exit_status(tmp_path, capsys):
     assert main([*args, "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["records"][0]["baseline"] and doc["records"][1]["backend"] == "torch"
-    # an old run twice as fast: every row now takes 2x → regression → exit 1
+    # an old run far faster: every row now regressed → exit 1
     fast = copy.deepcopy(doc)
     for r in fast["records"]:
-        r["p50_ms"] /= 2 * 50  # far beyond any run-to-run noise
+        r["p50_ms"] /= 1e4  # far beyond any run-to-run noise (also on a loaded machine)
     (tmp_path / "fast.json").write_text(json.dumps(fast))
     assert main([*args, "--compare", str(tmp_path / "fast.json")]) == 1
     assert "regressed" in capsys.readouterr().err
     slow = copy.deepcopy(doc)
     for r in slow["records"]:
-        r["p50_ms"] *= 50
+        r["p50_ms"] *= 1e4
     (tmp_path / "slow.json").write_text(json.dumps(slow))
     assert main([*args, "--compare", str(tmp_path / "slow.json"), "--fail-above", "10%"]) == 0
 
