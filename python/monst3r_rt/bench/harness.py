@@ -129,7 +129,7 @@ class Measurement:
         samples_s: (repeat,) seconds per call.
         memory: peak memory over the warm-up and the repeats.
         timer: ``"perf_counter"`` or ``"cuda_events"``.
-        results: the measured function's return value of the last call.
+        result: the measured function's return value of the last call.
     """
 
     samples_s: list[float]
