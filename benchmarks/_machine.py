@@ -1,17 +1,7 @@
-"""The machine a benchmark ran on, for its table header."""
+"""The machine a benchmark ran on, for its table header (shared with ``monst3r-rt bench``)."""
 
 from __future__ import annotations
 
-import os
-import platform
+from monst3r_rt.bench.machine import describe, machine_info
 
-
-def describe() -> str:
-    """``"<cpu model>, <n> cores"`` (Linux /proc/cpuinfo when readable)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+__all__ = ["describe", "machine_info"]

@@ -24,24 +24,26 @@ from _table import print_table
 
 
 def _measure(backend, images: np.ndarray, pairs: list[tuple[int, int]], repeats: int) -> dict:
+    """Per-pair latency through the timing core of ``monst3r-rt bench`` (same warm-up, clocks
+    and percentiles), then one encode-once pass over ``pairs``."""
+    from monst3r_rt.bench.harness import measure, percentiles
     from monst3r_rt.inference import infer_pairs
 
     h, w = images.shape[2:]
-    lat = []
-    tok = backend.encode(images[:2])  # warm-up (and first-call allocations)
-    backend.decode(backend.take(tok, np.array([0])), backend.take(tok, np.array([1])), (h, w))
-    for r in range(repeats):
+    one, two = np.array([0]), np.array([1])
+
+    def pair(r: int) -> None:
         a, b = r % len(images), (r + 1) % len(images)
-        t = time.perf_counter()
         tok = backend.encode(images[[a, b]])
-        backend.decode(backend.take(tok, np.array([0])), backend.take(tok, np.array([1])), (h, w))
-        lat.append(time.perf_counter() - t)
+        backend.decode(backend.take(tok, one), backend.take(tok, two), (h, w))
+
+    m = measure(pair, warmup=1, repeat=repeats, device=str(getattr(backend, "device", "cpu")))
     t = time.perf_counter()
     infer_pairs(backend, images, pairs, batch_size=4, progress=False)
     enc_once = time.perf_counter() - t
-    lat_a = np.array(lat)
-    return {"p50": np.percentile(lat_a, 50), "p95": np.percentile(lat_a, 95),
-            "per_pair_pps": 1.0 / lat_a.mean(), "once_pps": len(pairs) / enc_once}  # fmt: skip
+    p50, p95 = (v / 1e3 for v in percentiles(m.samples_s, (50, 95)))
+    return {"p50": p50, "p95": p95, "per_pair_pps": 1.0 / m.mean_s,
+            "once_pps": len(pairs) / enc_once}  # fmt: skip
 
 
 def main() -> None:

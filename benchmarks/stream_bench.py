@@ -40,12 +40,9 @@ import numpy as np
 from _machine import describe
 from _table import print_table
 
+from monst3r_rt.bench.harness import rss_mb as _rss_mb
+
 NOISE = dict(depth_noise=0.03, pose_noise=0.01, scale_range=(0.5, 2.0), seed=1)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _scene(n: int, size: tuple[int, int]):

@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify-engine", help="replay the export's golden outputs (GPU)")
     verify.add_argument("folder")
     verify.set_defaults(func=_verify_engine)
+
+    from .bench.cli import add_parser as add_bench_parser  # monst3r-rt bench (issue 13)
+
+    add_bench_parser(sub)
     return parser
 
 
