@@ -385,3 +385,21 @@ def test_cli_stream_records_a_rerun_file(scene, tmp_path, monkeypatch):
     assert cli.main(args) == 0
     assert rrd.stat().st_size > 1000
     assert len(Reconstruction.load(tmp_path / "out")) == 5
+
+
+def test_a_failed_refinement_does_not_end_the_stream(scene, monkeypatch):
+    """A singular solve (degenerate predictions) is recorded; poses stay as tracked."""
+    from monst3r_rt.stream.refine import KeyframeGraph
+
+    def singular(self, window, frozen=1):
+        raise RuntimeError("Factor is exactly singular")
+
+    monkeypatch.setattr(KeyframeGraph, "refine", singular)
+    for mode in ("sync", "thread"):
+        stream = Stream(backend=SimulatedBackend(scene), size=SIZE[1],
+                        config=StreamConfig(refine=mode, keyframe_max_gap=5))  # fmt: skip
+        results = [stream.push(im) for im in scene.images[:12]]
+        rec = stream.close()
+        assert stream.refine_failures and "singular" in stream.refine_failures[0]
+        assert rec.meta["refine_failures"] == stream.refine_failures
+        np.testing.assert_allclose(rec.poses, np.stack([r.pose for r in results]), atol=1e-6)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +178,7 @@ class Stream:
         self._last_track: tuple[np.ndarray, float] = (np.eye(4), 1.0)
         self.decodes = 0
         self.refinements: list[RefineResult] = []
+        self.refine_failures: list[str] = []  # errors of refinements that could not be solved
 
     # ---- context manager -------------------------------------------------------------------------
     def __enter__(self) -> Stream:
@@ -516,9 +518,9 @@ class Stream:
         if cfg.refine == "off":
             return
         if cfg.refine == "sync":
-            self._apply(self._graph.refine(cfg.window, cfg.window_frozen))
+            self._apply(self._refine_safely, cfg.window, cfg.window_frozen)
             return
-        fut = self._pool.submit(self._graph.refine, cfg.window, cfg.window_frozen)  # type: ignore[union-attr]
+        fut = self._pool.submit(self._refine_safely, cfg.window, cfg.window_frozen)  # type: ignore[union-attr]
         self._pending = (t, fut)
 
     def _apply_due(self, t: int, timings: dict[str, float]) -> None:
@@ -533,11 +535,23 @@ class Stream:
         t0 = time.perf_counter()
         _, fut = self._pending
         self._pending = None
-        self._apply(fut.result())
+        self._apply(fut.result)
         if timings is not None:
             timings["refine_wait"] = timings.get("refine_wait", 0.0) + time.perf_counter() - t0
 
-    def _apply(self, res: RefineResult) -> None:
+    def _refine_safely(self, window: int | None, frozen: int) -> RefineResult | Exception:
+        """A refinement, or the error that stopped it (degenerate predictions can make a solve
+        singular): a failed refinement leaves the poses as tracked, it never ends the stream."""
+        try:
+            return self._graph.refine(window, frozen)
+        except (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
+            return exc
+
+    def _apply(self, solve: Callable[..., RefineResult | Exception], *args: Any) -> None:
+        res = solve(*args)
+        if isinstance(res, Exception):
+            self.refine_failures.append(f"{type(res).__name__}: {res}")
+            return
         for k, pose in res.poses.items():
             self._kf_pose[k] = pose
             self._kf_scale[k] *= res.scales[k]
@@ -585,7 +599,7 @@ class Stream:
         try:
             self._join()
             if self.config.final_refine and self.config.refine != "off" and len(self._kf_pose) > 1:
-                self._apply(self._graph.refine(None, 1))
+                self._apply(self._refine_safely, None, 1)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
@@ -607,6 +621,7 @@ class Stream:
             keyframes=self.keyframes,
             refinements=len(self.refinements),
             lost=self.lost,
+            refine_failures=self.refine_failures,
             focal_fallbacks=self.focal_fallbacks,
         )
         if self._writer is not None:
