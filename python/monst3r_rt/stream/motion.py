@@ -79,7 +79,10 @@ def flow_mask(
     residual = flow[0] - ego
     residual -= _motion_correction(residual, focal, usable)
     err = np.linalg.norm(residual, axis=0)[None]
-    score = robust_scores(err, usable[None])[0]
+    # the statistics (median, MAD) from every 2nd pixel of each axis: 4× cheaper, same scale
+    sample = np.zeros_like(usable)
+    sample[::2, ::2] = True
+    score = robust_scores(err, (usable & sample)[None])[0]
     doubtful = inside & ~usable & (fb < FB_MAX_PX)
     score = np.where(usable, score, np.where(doubtful & (score >= 1.0), 1.0, 0.0))
     return score > threshold, score.astype(np.float32)
@@ -99,16 +102,16 @@ def _motion_correction(residual: np.ndarray, focal: float, usable: np.ndarray) -
     them was measured to absorb the objects (IoU 0.80 → 0.22 on the simulated scene)."""
     h, w = residual.shape[1:]
     k = CORRECTION_STRIDE
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    x, y = (xs - w / 2) / focal, (ys - h / 2) / focal
-    basis = focal * np.stack(
+    x = ((np.arange(0, w, k) - w / 2) / focal)[None, :]
+    y = ((np.arange(0, h, k) - h / 2) / focal)[:, None]
+    a = focal * np.stack(
         [
-            np.stack([x * y, 1 + y * y]),  # rotation about x
-            np.stack([-(1 + x * x), -x * y]),  # about y
-            np.stack([y, -x]),  # about z
-        ]
-    )  # (3,2,H,W)
-    a = basis[:, :, ::k, ::k].reshape(3, -1).T  # (2P,3): x components of the P pixels, then y
+            np.concatenate([(x * y).ravel(), (1 + y * y + 0 * x).ravel()]),  # rotation about x
+            np.concatenate([(-(1 + x * x) + 0 * y).ravel(), (-x * y).ravel()]),  # about y
+            np.concatenate([(y + 0 * x).ravel(), (-x + 0 * y).ravel()]),  # about z
+        ],
+        axis=1,
+    )  # (2P,3): the x components of the P sampled pixels, then their y components
     b = residual[:, ::k, ::k].reshape(-1).astype(np.float64)
     ok = np.tile(usable[::k, ::k].reshape(-1), 2) & np.isfinite(b)
     if ok.sum() < 12:
@@ -122,7 +125,13 @@ def _motion_correction(residual: np.ndarray, focal: float, usable: np.ndarray) -
         r = np.abs(b - a @ coef)
         scale = max(1.4826 * float(np.median(r)), 0.5)
         weight = 1.0 / np.maximum(r / scale, 1.0)  # Huber weights
-    return np.tensordot(coef, basis, axes=1).astype(np.float32)
+    xf = ((np.arange(w, dtype=np.float32) - w / 2) / focal)[None, :]
+    yf = ((np.arange(h, dtype=np.float32) - h / 2) / focal)[:, None]
+    c0, c1, c2 = (np.float32(focal * c) for c in coef)
+    out = np.empty_like(residual)
+    out[0] = c0 * (xf * yf) - c1 * (1 + xf * xf) + c2 * yf
+    out[1] = c0 * (1 + yf * yf) - c1 * (xf * yf) - c2 * xf
+    return out
 
 
 GEOMETRIC_MIN_REL = 0.02  # relative depth disagreements below 2 % are noise, never motion
