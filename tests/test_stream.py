@@ -426,3 +426,43 @@ def test_flow_mask_is_insensitive_to_a_small_rotation_error():
     static, _ = flow_mask(still.images[t], still.images[t - 3], still.depths[t], still.focal,
                           still.focal, wrong, still.poses[t - 3])  # fmt: skip
     assert static.mean() < 0.02
+
+
+class _FakeCamera:
+    """A cv2.VideoCapture stand-in: delivers ``frames`` (BGR) then hangs (a camera that stops)."""
+
+    def __init__(self, frames, hang: float = 5.0):
+        self.frames, self.hang, self.k = list(frames), hang, 0
+
+    def isOpened(self):  # noqa: N802 (OpenCV's name)
+        return True
+
+    def read(self):
+        import time
+
+        if self.k < len(self.frames):
+            self.k += 1
+            time.sleep(0.01)
+            return True, self.frames[self.k - 1][..., ::-1].copy()
+        time.sleep(self.hang)
+        return False, None
+
+    def release(self):
+        pass
+
+
+def test_live_source_that_stops_keeps_what_was_processed(scene, tmp_path, monkeypatch):
+    """A camera that stops delivering: a clear error naming it, and the frames processed so far
+    in a valid output folder; ``drop=False`` queues every frame."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "VideoCapture", lambda arg: _FakeCamera(scene.images[:4]))
+    out = tmp_path / "cam"
+    video = stream_video(0, drop=False, timeout=1.0, backend=SimulatedBackend(scene),
+                         size=SIZE[1], config=StreamConfig(refine="sync"), output=out)  # fmt: skip
+    got = []
+    with pytest.raises(FrameError, match="camera 0 stopped delivering frames"):
+        for res in video:
+            got.append(res.index)
+    assert got == [0, 1, 2, 3] and video.source.dropped == 0
+    assert len(Reconstruction.load(out)) == 4
