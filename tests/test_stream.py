@@ -210,7 +210,8 @@ def test_bad_input(scene, tmp_path):
     # a frame of another aspect ratio: a clear error naming the frame and both sizes
     with pytest.raises(FrameError, match="frame 6.*112x64"):
         stream.push(np.zeros((64, 64, 3), np.uint8))
-    stream.close()
+    rec = stream.close()
+    assert stream.close() is rec  # a second close() (after a with-block) returns the same
     with pytest.raises(RuntimeError, match="after close"):
         stream.push(scene.images[0])
     # grayscale frames are converted as load_frames does; float frames refused like it

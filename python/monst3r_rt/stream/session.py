@@ -178,6 +178,7 @@ class Stream:
         self._last_track: tuple[np.ndarray, float] = (np.eye(4), 1.0)
         self.decodes = 0
         self.refinements: list[RefineResult] = []
+        self.result: Reconstruction | None = None  # what close() returned
         self.refine_failures: list[str] = []  # errors of refinements that could not be solved
 
     # ---- context manager -------------------------------------------------------------------------
@@ -594,7 +595,9 @@ class Stream:
             ``keep="none"`` its per-pixel arrays are read from ``output`` on demand).
         """
         if self._closed:
-            raise RuntimeError("Stream.close() was already called")
+            if self.result is None:
+                raise RuntimeError("Stream.close(): the stream was aborted (or nothing pushed)")
+            return self.result  # a second close() (e.g. after a with-block) returns the same
         self._closed = True
         try:
             self._join()
@@ -607,7 +610,8 @@ class Stream:
             if self._writer is not None:
                 self._writer.abort()
             raise RuntimeError("Stream.close(): no frame was pushed")
-        return self._finish()
+        self.result = self._finish()
+        return self.result
 
     def _finish(self) -> Reconstruction:
         poses = self.poses()
