@@ -467,3 +467,24 @@ def test_live_source_that_stops_keeps_what_was_processed(scene, tmp_path, monkey
             got.append(res.index)
     assert got == [0, 1, 2, 3] and video.source.dropped == 0
     assert len(Reconstruction.load(out)) == 4
+
+
+def test_interrupt_inside_the_output_step_keeps_the_complete_frames(scene, tmp_path, monkeypatch):
+    """Ctrl-C while a frame is being spilled: that frame is dropped, the others are written."""
+    from monst3r_rt.stream.output import StreamWriter
+
+    real = StreamWriter.write_frame
+
+    def interrupted(self, index, *args, **kw):
+        if index == 5:
+            raise KeyboardInterrupt
+        return real(self, index, *args, **kw)
+
+    monkeypatch.setattr(StreamWriter, "write_frame", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with Stream(backend=SimulatedBackend(scene), size=SIZE[1],
+                    config=StreamConfig(refine="sync"), output=out) as s:  # fmt: skip
+            for im in scene.images:
+                s.push(im)
+    assert len(Reconstruction.load(out)) == 5

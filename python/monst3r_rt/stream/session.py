@@ -269,12 +269,12 @@ class Stream:
         record = _FrameRecord(kf, rel, self._kf_scale[kf], focal)
         conf = np.where(np.isfinite(conf1), conf1, 1.0).astype(np.float32)
         t0 = time.perf_counter()
+        self._records.append(record)
         if self._writer is not None:
             self._writer.write_frame(t, rgb, depth, conf, mask, f"frame_{t:06d}")
         if self.config.keep == "all":
             self._kept.append((rgb, depth, conf, mask))
         timings["output"] = time.perf_counter() - t0
-        self._records.append(record)
         self._prev.append((rgb, pose, focal))
         self.last_image = rgb
         timings["total"] = time.perf_counter() - t_start
@@ -614,6 +614,14 @@ class Stream:
         return self.result
 
     def _finish(self) -> Reconstruction:
+        # an interrupt inside push() can leave one frame recorded but not written (or kept), or
+        # the other way round: the result holds the frames that are complete everywhere
+        n = len(self._records)
+        if self._writer is not None:
+            n = min(n, self._writer.frames_written)
+        if self.config.keep == "all":
+            n = min(n, len(self._kept))
+        del self._records[n:], self._kept[n:]
         poses = self.poses()
         k = self._intrinsics()
         scales = self._depth_scales()
