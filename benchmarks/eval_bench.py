@@ -1,6 +1,6 @@
 """The evaluation (``monst3r_rt.eval``) on real RGB-D data, and the cost of scoring a long sequence.
 
-    python benchmarks/eval_bench.py [--data ../shared/data] [--frames 1000] [--lad-steps 20]
+    python benchmarks/eval_bench.py [--data ../shared/data] [--frames 1000]
 
 Part 1: the HoloLens sequence (``hololens-000-first80``: 80 frames 540×360, measured depth in
 16-bit PNG millimetres, 0 = invalid, poses camera-to-world). No weights are available, so the
@@ -19,9 +19,8 @@ an official ``demo.py`` folder (``frame_{i}.npy``, ``pred_traj.txt``); both are 
 Bonn settings (gt < 70 m) and the paper's LAD alignment, and so is the ground truth itself, which
 must score perfectly (median alignment: AbsRel 0, δ 100 %, ATE 0).
 
-Part 2: ``depth_metrics`` (median and least-squares alignment) and ``pose_metrics`` on a synthetic
-``--frames``-frame sequence at 288×512, timed; the official LAD alignment (Adam, up to 1000 passes
-over all pixels) is timed for ``--lad-steps`` steps and its full cost extrapolated.
+Part 2: ``depth_metrics`` (median, least-squares and the official LAD alignment) and
+``pose_metrics`` on a synthetic ``--frames``-frame sequence at 288×512, timed.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from monst3r_rt.eval import (
     read_prediction,
     score_sequence,
 )
-from monst3r_rt.eval.depth import _lad_adam
 from monst3r_rt.eval.score import Prediction
 from monst3r_rt.geometry import rotvec_to_rotmat
 from monst3r_rt.reconstruction import Reconstruction
@@ -145,7 +143,7 @@ def part1(data_dir: str) -> None:
     print(markdown_table({"bonn": rows["offline (monst3r_rt folder)"]}, "simulated offline"))
 
 
-def part2(frames: int, lad_steps: int) -> None:
+def part2(frames: int) -> None:
     rng = np.random.default_rng(1)
     h, w = 288, 512
     gt = rng.uniform(0.5, 20, (frames, h, w)).astype(np.float32)
@@ -156,36 +154,23 @@ def part2(frames: int, lad_steps: int) -> None:
     poses[:, :3, 3] = np.cumsum(rng.normal(0, 0.05, (frames, 3)), 0)
     print(f"\n## Scoring cost: {frames} frames at {w}x{h} ({gt.size / 1e6:.0f} M pixels); "
           f"{describe()}\n\n| step | seconds |\n|---|---|")  # fmt: skip
-    for align in ("median", "scale_shift"):
+    for align in ("median", "scale_shift", "lad"):
         t0 = time.perf_counter()
         depth_metrics(pred, gt, align, max_depth=70.0)
         print(f"| depth_metrics align={align} | {time.perf_counter() - t0:.2f} |")
     t0 = time.perf_counter()
     pose_metrics(poses, poses)
     print(f"| pose_metrics | {time.perf_counter() - t0:.3f} |")
-    ok = gt > 0
-    p, g = pred[ok].astype(np.float64), gt[ok].astype(np.float64)
-    import monst3r_rt.eval.depth as dm
-
-    iters = dm._LAD_ITERS
-    dm._LAD_ITERS = lad_steps
-    t0 = time.perf_counter()
-    _lad_adam(p, g, 0.4)
-    per = (time.perf_counter() - t0) / lad_steps
-    dm._LAD_ITERS = iters
-    print(f"| LAD alignment, per Adam step | {per:.3f} |")
-    print(f"| LAD alignment, 1000 steps (the official cap; extrapolated) | {1000 * per:.0f} |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data"))
     ap.add_argument("--frames", type=int, default=1000)
-    ap.add_argument("--lad-steps", type=int, default=20)
     args = ap.parse_args()
     part1(args.data)
     sys.stdout.flush()
-    part2(args.frames, args.lad_steps)
+    part2(args.frames)
     return 0
 
 
