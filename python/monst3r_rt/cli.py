@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_parser as add_bench_parser  # monst3r-rt bench (issue 13)
 
     add_bench_parser(sub)
+    from .eval.cli import add_parser as add_eval_parser  # monst3r-rt eval (issue 14)
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -45,6 +45,7 @@ DEPTH_DATASET_SETTINGS: dict[str, dict[str, float | None]] = {
 _PRED_FLOOR = 1e-5  # official clamp before log and ratios
 _LAD_LR, _LAD_ITERS, _LAD_TOL = 1e-4, 1000, 1e-6
 _ADAM_B1, _ADAM_B2, _ADAM_EPS = 0.9, 0.999, 1e-8
+_LAD_BOX = 2e-3  # half-width of the box of fixed residual signs, relative to the initial scale
 
 
 def _lower_median(x: np.ndarray) -> float:
@@ -64,20 +65,31 @@ def _median_scale(p: np.ndarray, g: np.ndarray) -> float:
 
 
 def _lad_adam(p: np.ndarray, g: np.ndarray, s: float) -> tuple[float, float]:
-    """The official ``absolute_value_scaling2``: Adam on ``Σ|s p + t − g|`` from ``(s, 0)``."""
+    """The official ``absolute_value_scaling2``: Adam on ``Σ|s p + t − g|`` from ``(s, 0)``.
+
+    Exact, but not a full pass per step: around a centre ``c`` the pixels with
+    ``|r(c)| > ρ(|p| + 1)`` keep the sign of their residual while ``|x − c|∞ ≤ ρ``, so their
+    share of the loss and gradient is linear in ``(s, t)`` and summed once; each step passes
+    only over the other pixels, and the partition is redone when ``x`` leaves the box."""
     x = np.array([s, 0.0])
     m = np.zeros(2)
     v = np.zeros(2)
     prev = None
-    r = np.empty_like(p)
-    sg = np.empty_like(p)
+    rho = _LAD_BOX * max(1.0, abs(s))
+    centre = None
     for k in range(1, _LAD_ITERS + 1):
-        np.multiply(p, x[0], out=r)  # in place: one step is a few passes over the pixels
-        r += x[1]
-        r -= g
-        np.sign(r, out=sg)  # d|r|/dr, 0 at 0 as torch.abs
-        loss = float(sg @ r)  # Σ|r|
-        grad = np.array([float(sg @ p), float(sg.sum())])
+        if centre is None or np.abs(x - centre).max() > rho:
+            centre = x.copy()
+            r = p * centre[0] + centre[1] - g
+            act = np.abs(r) <= rho * (np.abs(p) + 1.0)
+            sg = np.sign(r[~act])
+            lin = np.array([float(sg @ p[~act]), float(sg.sum()), float(sg @ g[~act])])
+            pa, ga = p[act], g[act]
+            del r, sg
+        ra = pa * x[0] + x[1] - ga
+        sa = np.sign(ra)  # d|r|/dr, 0 at 0 as torch.abs
+        loss = float(sa @ ra) + x[0] * lin[0] + x[1] * lin[1] - lin[2]  # Σ|r|
+        grad = np.array([float(sa @ pa) + lin[0], float(sa.sum()) + lin[1]])
         m = _ADAM_B1 * m + (1 - _ADAM_B1) * grad
         v = _ADAM_B2 * v + (1 - _ADAM_B2) * grad * grad
         denom = np.sqrt(v) / np.sqrt(1 - _ADAM_B2**k) + _ADAM_EPS

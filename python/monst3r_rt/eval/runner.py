@@ -1,0 +1,153 @@
+"""``monst3r-rt eval``: run the method on every sequence of a dataset (or take existing output
+folders) and score them (:mod:`monst3r_rt.eval.score`).
+
+Runs are resumable: each sequence's output goes to ``RESULTS/<seq>/``, written atomically (a
+folder only exists once complete, with its ``reconstruction.npz``), and a sequence whose folder
+is complete is not run again. The whole dataset's layout is validated before the first run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..reconstruction import NPZ, Reconstruction
+from .datasets import get_dataset
+from .score import read_prediction, score_sequence, write_results
+
+__all__ = ["evaluate", "run_sequence"]
+
+
+def _read_rgb(path: str) -> Any:
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"{path}: cannot read the image")
+    return img[..., ::-1]
+
+
+def run_sequence(
+    images: Sequence[str],
+    out_dir: str,
+    mode: str = "offline",
+    *,
+    pipeline: Any = None,
+    stream_factory: Callable[[str], Any] | None = None,
+) -> Reconstruction:
+    """Run the method on one sequence's frames and save its output folder (atomically).
+
+    Args:
+        images: the frames' paths, in order.
+        out_dir: the sequence's output folder (must not exist or be empty).
+        mode: ``"offline"`` (``pipeline.run``, then ``save``) or ``"stream"`` (one
+            :class:`~monst3r_rt.Stream` from ``stream_factory(out_dir)`` fed frame by frame; its
+            ``close()`` writes the folder).
+        pipeline: a :class:`~monst3r_rt.Pipeline` for ``"offline"``.
+        stream_factory: makes a Stream writing ``output=out_dir`` for ``"stream"``.
+    """
+    if mode == "offline":
+        if pipeline is None:
+            raise ValueError("run_sequence: mode='offline' needs a pipeline")
+        rec = pipeline.run(list(images), progress=False)
+        rec.save(out_dir)
+        return rec
+    if mode == "stream":
+        if stream_factory is None:
+            raise ValueError("run_sequence: mode='stream' needs a stream_factory")
+        with stream_factory(out_dir) as st:
+            for p in images:
+                st.push(_read_rgb(p))
+            return st.close()
+    raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
+
+
+def evaluate(
+    dataset: str,
+    root: str | os.PathLike[str],
+    results: str | os.PathLike[str],
+    *,
+    mode: str = "offline",
+    predictions: str | os.PathLike[str] | None = None,
+    sequences: Sequence[str] | None = None,
+    align: str = "lad",
+    pipeline: Any = None,
+    stream_factory: Callable[[str], Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a dataset: run (or read) every sequence, score it, write the result files.
+
+    Args:
+        dataset: ``"sintel"``, ``"tum"``, ``"bonn"``, ``"kitti"`` or ``"davis"``.
+        root: the dataset's folder (layouts in :mod:`monst3r_rt.eval.datasets`).
+        results: output folder: ``<seq>/`` per run sequence, ``metrics.csv``, ``metrics.json``
+            and ``table.md``.
+        mode: ``"offline"`` or ``"stream"`` (ignored with ``predictions``).
+        predictions: score existing output folders ``predictions/<seq>/`` (this package's or
+            the official demo.py's layout) instead of running.
+        sequences: a subset of the official sequences (default all).
+        align: depth alignment (``"lad"``: the paper's).
+        pipeline / stream_factory: what runs a sequence (:func:`run_sequence`); needed only
+            for sequences that have no complete output folder yet.
+        log: progress lines (default: stderr).
+
+    Returns:
+        ``{"per_sequence", "mean", "skipped", "paths"}``.
+
+    Raises:
+        DatasetError / FileNotFoundError naming what is missing (dataset files, prediction
+        folders) before any run; ValueError on frame-count mismatches.
+    """
+    say = log or (lambda s: print(s, file=sys.stderr))
+    ds = get_dataset(dataset, root)
+    official = ds.sequences()
+    seqs = list(sequences) if sequences else official
+    unknown = [s for s in seqs if s not in official]
+    if unknown:
+        raise ValueError(f"{dataset}: sequences {unknown} are not in the evaluation list "
+                         f"{official}")  # fmt: skip
+    ds.check_all(seqs)
+    results = os.fspath(results)
+    if predictions is not None:
+        missing = [s for s in seqs if not os.path.isdir(os.path.join(predictions, s))]
+        if missing:
+            raise FileNotFoundError(f"{os.fspath(predictions)}: no prediction folders for "
+                                    f"sequences {missing}")  # fmt: skip
+    else:
+        todo = [s for s in seqs if not os.path.isfile(os.path.join(results, s, NPZ))]
+        if todo and (pipeline if mode == "offline" else stream_factory) is None:
+            need = "pipeline" if mode == "offline" else "stream_factory"
+            raise ValueError(f"{len(todo)} sequences need a run ({todo[:3]}...) but no {need} "
+                             "was given")  # fmt: skip
+        for s in todo:  # a foreign non-empty folder is refused before any run
+            d = os.path.join(results, s)
+            if os.path.isdir(d) and os.listdir(d):
+                raise FileExistsError(f"{d} exists without {NPZ}: not a complete output of "
+                                      "this package; remove it to run the sequence")  # fmt: skip
+    pose_seqs = set(ds.pose_sequences())
+    per_seq: dict[str, dict[str, Any]] = {}
+    for k, s in enumerate(seqs):
+        data = ds.load(s)
+        folder = os.path.join(predictions or results, s)
+        if predictions is None and not os.path.isfile(os.path.join(folder, NPZ)):
+            t0 = time.perf_counter()
+            say(f"[{k + 1}/{len(seqs)}] {s}: running {mode} on {len(data.images)} frames")
+            run_sequence(data.images, folder, mode, pipeline=pipeline,
+                         stream_factory=stream_factory)  # fmt: skip
+            say(f"[{k + 1}/{len(seqs)}] {s}: done in {time.perf_counter() - t0:.1f} s")
+        elif predictions is None:
+            say(f"[{k + 1}/{len(seqs)}] {s}: complete output found, not run again")
+        tasks = [t for t in ds.tasks if t != "pose" or s in pose_seqs]
+        per_seq[s] = score_sequence(read_prediction(folder), data, dataset, align=align,
+                                    tasks=tasks)  # fmt: skip
+    info = {"mode": "predictions" if predictions else mode, "align": align, "root": ds.root,
+            "predictions": os.fspath(predictions) if predictions else None}  # fmt: skip
+    paths = write_results(results, dataset, per_seq, info=info)
+    with open(paths["json"]) as f:
+        doc = json.load(f)
+    return {"per_sequence": per_seq, "mean": doc["mean"], "skipped": doc["skipped"],
+            "paths": paths}  # fmt: skip
