@@ -260,7 +260,7 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
                                        attempts=attempts[item.name], worker=actors[slot][1],
                                        error=f"{type(exc).__name__}: {exc}"))  # fmt: skip
                 idle.append(slot)
-        for slot, (actor, name) in actors.items():
+        for actor, name in actors.values():
             _collect_stats(ray, report, name, actor)
     finally:
         for actor, _ in actors.values():

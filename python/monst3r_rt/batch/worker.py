@@ -116,8 +116,7 @@ class Worker:
         """The weights' fingerprint, without loading them (an engine's recorded hash)."""
         from ..pipeline import weights_fingerprint
 
-        if self.pipeline.engine is not None and self.pipeline.backend in ("onnxruntime",
-                                                                          "tensorrt"):
+        if self.pipeline.engine is not None:  # an export records its weights' hash
             from ..deploy.export import Manifest
 
             return Manifest.load(self.pipeline.engine).weights_hash
