@@ -289,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_parser as add_bench_parser  # monst3r-rt bench (issue 13)
 
     add_bench_parser(sub)
+
+    from .batch.cli import add_parser as add_batch_parser  # monst3r-rt batch (issue 15)
+
+    add_batch_parser(sub, run=run, stream=st)
     return parser
 
 
