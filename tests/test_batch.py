@@ -277,3 +277,20 @@ def test_ray_actor_killed_mid_video_is_retried(clips, tmp_path, local_ray):
     from monst3r_rt import Reconstruction
 
     assert len(Reconstruction.load(root / killed["video"])) == 4
+
+
+def test_ray_interrupt_keeps_finished_folders_and_nothing_partial(clips, tmp_path, local_ray):
+    d, _, opts = clips
+    root = tmp_path / "out"
+
+    def ctrl_c(result) -> None:  # Ctrl-C as the first video finishes, the other under way
+        raise KeyboardInterrupt
+
+    rep = run_many([d / "videos" / f"{n}.avi" for n in CLIPS], root, ray_address="auto",
+                   workers=2, on_result=ctrl_c, **opts)  # fmt: skip
+    assert rep.interrupted and len(rep.done) == 1
+    assert not _partials(root)
+    finished = [n for n in os.listdir(root) if n != REPORT_FILE]
+    assert finished and set(finished) <= set(CLIPS)
+    for name in finished:  # complete, and a re-run will skip it
+        assert stored_fingerprint(root / name) == rep.fingerprint

@@ -265,9 +265,10 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
     finally:
         for actor, _ in actors.values():
             ray.kill(actor)
-        for _, item in inflight.values():  # interrupted: the killed attempts' temporary folders
-            time.sleep(0.05)
-            clean_partials(root, item.name)
+        if inflight:  # interrupted: wait for the killed attempts to end, remove their folders
+            ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
+            for _, item in inflight.values():
+                clean_partials(root, item.name)
         if started:
             ray.shutdown()
 
