@@ -164,6 +164,32 @@ def test_in_process_faults_resume_and_changed_config(clips, tmp_path):
     assert not _partials(root)
 
 
+class FlakyGpuFlow:
+    """A flow callable whose first call fails as a lost GPU does; then zero flow."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return np.zeros((len(src), 2, *src.shape[1:3]), np.float32)
+
+
+def test_in_process_device_fault_replaces_the_worker_and_retries(clips, tmp_path):
+    d, _, opts = clips
+    videos = [d / "videos" / "clip0.avi", d / "videos" / "clip1.avi"]
+    rep = run_many(videos, tmp_path / "a", max_retries=1, **{**opts, "flow": FlakyGpuFlow()})
+    assert [(r.name, r.status, r.attempts) for r in rep.results] == [
+        ("clip0", "done", 2), ("clip1", "done", 1)]  # fmt: skip
+    assert rep.workers["local"]["died"] and rep.workers["local-2"]["loads"] == 1
+    assert rep.results[0].worker == "local-2" and not _partials(tmp_path / "a")
+    rep = run_many(videos[:1], tmp_path / "b", max_retries=0, **{**opts, "flow": FlakyGpuFlow()})
+    assert rep.failed[0].error.startswith("worker died: WorkerLostError")
+    assert os.listdir(tmp_path / "b") == [REPORT_FILE]
+
+
 def test_preflight_errors_before_any_work(clips, tmp_path):
     d, _, opts = clips
     root = tmp_path / "out"

@@ -25,7 +25,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if callable(value):
-        return getattr(value, "__qualname__", repr(value))
+        return getattr(value, "__qualname__", type(value).__qualname__)
     if isinstance(value, float) and value != value:
         return "nan"
     return value

@@ -15,7 +15,7 @@ from typing import Any
 from .fingerprint import config_fingerprint, stored_fingerprint
 from .inputs import BatchInput, expand_inputs
 from .report import BatchReport, VideoResult
-from .worker import BatchError, Worker, clean_partials
+from .worker import BatchError, Worker, WorkerLostError, clean_partials
 
 
 class _Progress:
@@ -161,7 +161,7 @@ def run_many(
         if not todo:
             pass
         elif ray_address is None:
-            _run_local(probe, todo, root, meta, record, report)
+            _run_local(probe, pipeline_options, todo, root, meta, record, report, max_retries)
         else:
             _run_ray(mode, pipeline_options, todo, root, meta, record, report, ray_address,
                      workers, gpus_per_worker, max_retries)  # fmt: skip
@@ -173,15 +173,35 @@ def run_many(
     return report
 
 
-def _run_local(worker: Worker, todo: list[BatchInput], root: str, meta: dict[str, Any],
-               record: Callable[[VideoResult], None], report: BatchReport) -> None:  # fmt: skip
-    report.workers[worker.worker_id] = worker.stats()
+def _run_local(worker: Worker, options: dict[str, Any], todo: list[BatchInput], root: str,
+               meta: dict[str, Any], record: Callable[[VideoResult], None], report: BatchReport,
+               max_retries: int) -> None:  # fmt: skip
+    """One worker in this process; a device fault replaces it (weights reloaded) and retries."""
+    queue = deque(todo)
+    attempts: dict[str, int] = {}
     try:
         worker.load()
-        for item in todo:
-            record(worker.process(item, root, meta))
+        while queue:
+            item = queue.popleft()
+            attempts[item.name] = attempts.get(item.name, 0) + 1
+            try:
+                record(worker.process(item, root, meta, attempts[item.name]))
+            except WorkerLostError as exc:
+                report.workers[worker.worker_id] = {**worker.stats(), "died": True}
+                worker = Worker(worker.mode, options, f"local-{len(report.workers) + 1}")
+                if attempts[item.name] <= max_retries:
+                    queue.appendleft(item)
+                else:
+                    record(_lost(item, attempts[item.name], worker.worker_id, exc))
+                worker.load()
     finally:
         report.workers[worker.worker_id] = worker.stats()
+
+
+def _lost(item: BatchInput, attempts: int, worker: str, exc: BaseException) -> VideoResult:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return VideoResult(item.path, item.name, "failed", attempts=attempts, worker=worker,
+                       error=f"worker died: {type(exc).__name__}: {first}")  # fmt: skip
 
 
 def _ray_init(ray: Any, address: str) -> bool:
@@ -240,26 +260,27 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 slot, item = inflight.pop(ref)
-                try:
-                    record(ray.get(ref))
-                except (RayActorError, WorkerCrashedError) as exc:  # the worker died
-                    _collect_stats(ray, report, actors[slot][1], None)
-                    actors[slot] = new_actor(slot)
-                    loads[slot] = actors[slot][0].load.remote()
-                    if attempts[item.name] <= max_retries:
-                        pending.appendleft(item)  # next free worker, before the rest
-                    else:
-                        clean_partials(root, item.name)
-                        record(VideoResult(item.path, item.name, "failed",
-                                           attempts=attempts[item.name],
-                                           worker=actors[slot][1],
-                                           error=f"worker died: {type(exc).__name__}: "
-                                                 f"{str(exc).splitlines()[0]}"))  # fmt: skip
-                except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be sent
-                    record(VideoResult(item.path, item.name, "failed",
-                                       attempts=attempts[item.name], worker=actors[slot][1],
-                                       error=f"{type(exc).__name__}: {exc}"))  # fmt: skip
                 idle.append(slot)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a dead worker, or an unsendable result
+                    cause = getattr(exc, "cause", None)
+                    lost = (RayActorError, WorkerCrashedError, WorkerLostError)
+                    if not (isinstance(exc, lost) or isinstance(cause, WorkerLostError)):
+                        result = VideoResult(item.path, item.name, "failed",
+                                             attempts=attempts[item.name], worker=actors[slot][1],
+                                             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    else:
+                        ray.kill(actors[slot][0])  # a GPU fault leaves it alive but unusable
+                        _collect_stats(ray, report, actors[slot][1], None)
+                        actors[slot] = new_actor(slot)
+                        loads[slot] = actors[slot][0].load.remote()
+                        if attempts[item.name] <= max_retries:
+                            pending.appendleft(item)  # next free worker, before the rest
+                            continue
+                        clean_partials(root, item.name)
+                        result = _lost(item, attempts[item.name], actors[slot][1], exc)
+                record(result)
         for actor, name in actors.values():
             _collect_stats(ray, report, name, actor)
     finally:

@@ -34,6 +34,25 @@ class BatchError(ValueError):
     before any video is processed."""
 
 
+class WorkerLostError(RuntimeError):
+    """The worker's device failed mid-video (a CUDA error poisons the process's context): the
+    video is retried on a fresh worker, as when the worker's process dies."""
+
+
+# messages of errors that leave a worker's GPU unusable (not a property of the video)
+DEVICE_FAULTS = ("CUDA error", "cudaError", "CUDA driver", "CUBLAS_STATUS", "CUDNN_STATUS",
+                 "device-side assert", "GPU is lost", "ECC error", "NVML")  # fmt: skip
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) reports a failed GPU rather than a bad video."""
+    while exc is not None:
+        if any(m in f"{type(exc).__name__}: {exc}" for m in DEVICE_FAULTS):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
 def normalize_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with every default filled in (so that giving a default explicitly does not
     change the fingerprint). Raises :class:`BatchError` for an unknown mode or option."""
@@ -139,7 +158,11 @@ class Worker:
 
         Returns:
             the :class:`VideoResult` (``"failed"`` with the error for a video that cannot be
-            read or reconstructed; the exception is not raised). KeyboardInterrupt propagates.
+            read or reconstructed; the exception is not raised).
+
+        Raises:
+            WorkerLostError when the device failed (:func:`is_device_fault`): this worker is
+            unusable and the video must be retried elsewhere. KeyboardInterrupt propagates.
         """
         t0 = time.perf_counter()
         final = os.path.join(out_root, item.name)
@@ -162,6 +185,8 @@ class Worker:
             commit_dir(inner, final)
             result.status, result.output, result.frames = "done", final, frames
         except Exception as exc:  # noqa: BLE001 - a bad video is recorded, not raised
+            if is_device_fault(exc):
+                raise WorkerLostError(f"{self.worker_id}: {type(exc).__name__}: {exc}") from exc
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             shutil.rmtree(staging, ignore_errors=True)
