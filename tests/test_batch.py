@@ -190,6 +190,19 @@ def test_in_process_device_fault_replaces_the_worker_and_retries(clips, tmp_path
     assert os.listdir(tmp_path / "b") == [REPORT_FILE]
 
 
+def test_in_process_interrupt_keeps_finished_folders(clips, tmp_path):
+    d, _, opts = clips
+
+    def ctrl_c(result) -> None:
+        raise KeyboardInterrupt
+
+    videos = [d / "videos" / f"{n}.avi" for n in CLIPS]
+    rep = run_many(videos, tmp_path, on_result=ctrl_c, **opts)
+    assert rep.interrupted and [r.name for r in rep.done] == ["clip0"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["clip0", REPORT_FILE])
+    assert stored_fingerprint(tmp_path / "clip0") == rep.fingerprint
+
+
 def test_preflight_errors_before_any_work(clips, tmp_path):
     d, _, opts = clips
     root = tmp_path / "out"
