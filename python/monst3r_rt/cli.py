@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_parser as add_eval_parser  # monst3r-rt eval (issue 14)
 
     add_eval_parser(sub)
+    from .batch.cli import add_parser as add_batch_parser  # monst3r-rt batch (issue 15)
+
+    add_batch_parser(sub, run=run, stream=st)
     return parser
 
 
