@@ -42,6 +42,7 @@ __all__ = [
     "pixel_grid", "intrinsic_matrix",
     "quat_xyzw_to_rotmat", "quat_wxyz_to_rotmat", "rotmat_to_quat_xyzw", "rotmat_to_quat_wxyz",
     "rotvec_to_rotmat",
+    "skew",
     "relative_pose", "relative_pose_rt", "sim3_matrix", "transform_points",
     "unproject", "unproject_depth", "project", "frustum_lines", "depth_to_points",
     "PairMoments", "pair_moments", "umeyama", "weighted_procrustes",
@@ -172,9 +173,27 @@ def rotmat_to_quat_wxyz(rot: np.ndarray, positive_w: bool = False) -> np.ndarray
     return rotmat_to_quat_xyzw(rot, positive_w)[..., [3, 0, 1, 2]]
 
 
+_LEVI = np.zeros((3, 3, 3))
+for _i, _j, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+    _LEVI[_i, _j, _k], _LEVI[_i, _k, _j] = 1.0, -1.0
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """(...,3) → (...,3,3) cross-product matrices: ``skew(v) @ x = v × x``."""
+    return -np.einsum("ijk,...k->...ij", _LEVI, np.asarray(v))
+
+
 def rotvec_to_rotmat(rotvec: Sequence[float] | np.ndarray) -> np.ndarray:
-    """(3,3) float64 rotation of a (3,) axis-angle vector (radians; Rodrigues, OpenCV)."""
-    return cv2.Rodrigues(np.asarray(rotvec, np.float64).reshape(3, 1))[0]
+    """(...,3) axis-angle vectors (radians) → (...,3,3) float64 rotations (Rodrigues; a
+    second-order series below 1e-8 rad, so tiny angles are exact to rounding)."""
+    w = np.asarray(rotvec, np.float64)
+    th = np.linalg.norm(w, axis=-1)[..., None, None]
+    k = skew(w)
+    small = th < 1e-8
+    ths = np.where(small, 1.0, th)
+    a = np.where(small, 1.0 - th**2 / 6, np.sin(ths) / ths)
+    b = np.where(small, 0.5 - th**2 / 24, (1 - np.cos(ths)) / ths**2)
+    return np.eye(3) + a * k + b * (k @ k)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .. import _core
+from ..geometry import rotvec_to_rotmat, skew
 from . import params as P
 from .objective import AlignData, FlowData, relative_poses
 
@@ -40,26 +41,10 @@ Params = dict[str, np.ndarray]
 NF, NE = _core.LM_FRAME_VARS, _core.LM_EDGE_VARS  # local variables per frame / per edge
 XF, YF = _core.LM_EDGE_FEATURES, _core.LM_TARGET_FEATURES  # coupling features per edge / target
 
-_LEVI = np.zeros((3, 3, 3))
-for _i, _j, _k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
-    _LEVI[_i, _j, _k], _LEVI[_i, _k, _j] = 1.0, -1.0
 _DEBUG = bool(__import__("os").environ.get("LM_DEBUG"))
-
-
-def skew(v: np.ndarray) -> np.ndarray:
-    """(...,3) → (...,3,3) with ``skew(v) @ x = v × x``."""
-    return -np.einsum("ijk,...k->...ij", _LEVI, v)
-
-
-def expmap(w: np.ndarray) -> np.ndarray:
-    """Rodrigues: (K,3) rotation vectors → (K,3,3)."""
-    th = np.linalg.norm(w, axis=-1)[..., None, None]
-    k = skew(w)
-    small = th < 1e-8
-    ths = np.where(small, 1.0, th)
-    a = np.where(small, 1.0 - th**2 / 6, np.sin(ths) / ths)
-    b = np.where(small, 0.5 - th**2 / 24, (1 - np.cos(ths)) / ths**2)
-    return np.eye(3) + a * k + b * (k @ k)
+# Rodrigues and cross-product matrices: the one implementation is in monst3r_rt.geometry
+expmap = rotvec_to_rotmat
+_LEVI = -np.moveaxis(skew(np.eye(3)), 0, -1)  # Levi-Civita symbol ε_ijk
 
 
 def _sym(upper: np.ndarray, k: int) -> np.ndarray:
