@@ -465,3 +465,43 @@ def test_cli_eval_offline_run_tiny_checkpoint(workdir, tmp_path, rng, capsys):
     assert np.isfinite(doc["mean"]["abs_rel"])
     assert main(argv) == 0
     assert "not run again" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_foreign_folder_before_any_run(sintel_case, tmp_path):
+    """A non-empty <seq>/ without reconstruction.npz is refused, naming it, before the first run
+    (offline and stream); our own leftover .<seq>.partial-* temporaries are removed."""
+    root, gts, _, _ = sintel_case
+    seqs = ["alley_2", "alley_1"]
+    for mode in ("offline", "stream"):
+        out = tmp_path / f"res_{mode}"
+        (out / "alley_1").mkdir(parents=True)
+        (out / "alley_1" / "x.txt").write_text("x")
+        pipe, made = _StubPipeline(gts), []
+
+        def factory(o, made=made):
+            made.append(o)
+            return _StubStream(o, gts)
+
+        with pytest.raises(FileExistsError, match=str(out / "alley_1")):
+            evaluate("sintel", root, out, sequences=seqs, mode=mode, pipeline=pipe,
+                     stream_factory=factory, log=lambda s: None)  # fmt: skip
+        assert pipe.calls == [] and made == [] and not (out / "alley_2").exists()
+    # a file where a sequence folder belongs: refused too
+    out = tmp_path / "res_file"
+    out.mkdir()
+    (out / "alley_1").write_text("x")
+    pipe = _StubPipeline(gts)
+    with pytest.raises(FileExistsError, match=str(out / "alley_1")):
+        evaluate("sintel", root, out, sequences=seqs, pipeline=pipe, log=lambda s: None)
+    assert pipe.calls == [] and not (out / "alley_2").exists()
+    # a crashed run's temporary folder (ours, by its name) is cleaned, the sequence runs
+    out = tmp_path / "res_partial"
+    (out / ".alley_1.partial-abc123").mkdir(parents=True)
+    (out / ".alley_1.partial-abc123" / "depth_0000.npy").write_text("x")
+    (out / ".alley_1.old-abc").mkdir()  # not ours to clean: left alone
+    pipe = _StubPipeline(gts)
+    res = evaluate("sintel", root, out, sequences=seqs, pipeline=pipe, align="median",
+                   log=lambda s: None)  # fmt: skip
+    assert pipe.calls == seqs and res["mean"]["abs_rel"] < 1e-6
+    assert sorted(os.listdir(out)) == [".alley_1.old-abc", "alley_1", "alley_2", "metrics.csv",
+                                       "metrics.json", "table.md"]  # fmt: skip
