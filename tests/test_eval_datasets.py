@@ -505,3 +505,34 @@ def test_evaluate_refuses_foreign_folder_before_any_run(sintel_case, tmp_path):
     assert pipe.calls == seqs and res["mean"]["abs_rel"] < 1e-6
     assert sorted(os.listdir(out)) == [".alley_1.old-abc", "alley_1", "alley_2", "metrics.csv",
                                        "metrics.json", "table.md"]  # fmt: skip
+
+
+def test_evaluate_stream_mode_real_stream_simulated_network(tmp_path):
+    """evaluate(mode="stream") through the real Stream (make_stream_factory, as the CLI) with a
+    simulated network giving exact predictions: the scores are those of a perfect method."""
+    from monst3r_rt.eval import make_stream_factory
+    from monst3r_rt.synthetic import SimulatedBackend, make_scene
+
+    scene = make_scene(n_frames=8, size=(64, 112), graph=None, seed=0)
+    root, seq = tmp_path / "sintel", "alley_2"
+    tr = root / "training"
+    for k in ("final", "depth", "camdata_left"):
+        (tr / k / seq).mkdir(parents=True)
+    k_mat = scene.intrinsics
+    for i in range(len(scene.images)):
+        name = f"frame_{i + 1:04d}"
+        cv2.imwrite(str(tr / "final" / seq / f"{name}.png"), scene.images[i][..., ::-1])
+        write_dpt(tr / "depth" / seq / f"{name}.dpt", scene.depths[i].astype(np.float32))
+        write_cam(tr / "camdata_left" / seq / f"{name}.cam", k_mat,
+                  np.linalg.inv(scene.poses[i])[:3])  # fmt: skip
+    backend = SimulatedBackend(scene)
+    factory = make_stream_factory(backend=backend, size=112)
+    res = evaluate("sintel", root, tmp_path / "res", sequences=[seq], mode="stream",
+                   stream_factory=factory, align="median", log=lambda s: None)  # fmt: skip
+    assert backend.encoded == len(scene.images)  # every frame went through the network once
+    r = res["per_sequence"][seq]
+    assert r["frames"] == 8 and r["invalid_pred"] == 0
+    assert r["abs_rel"] < 1e-4 and r["delta_1_25"] == 1.0
+    extent = np.linalg.norm(scene.poses[:, :3, 3] - scene.poses[:1, :3, 3], axis=1).max()
+    assert r["ate"] < 1e-4 * extent
+    assert (tmp_path / "res" / seq / "reconstruction.npz").is_file()
