@@ -50,7 +50,7 @@ _LAD_BOX = 2e-3  # half-width of the box of fixed residual signs, relative to th
 
 #: Pixels per chunk of the passes over a sequence's valid pixels (float64 temporaries of this
 #: size, a few at a time, instead of full-sequence arrays).
-_CHUNK = 1 << 21
+_CHUNK = 1 << 19
 
 
 def _chunks(n: int, chunk: int) -> range:
@@ -165,13 +165,12 @@ def _valid_values(
     ps, gs, invalid = [], [], 0
     for i in range(0, n, per):
         pc, gc = p_all[i : i + per], g_all[i : i + per]
-        with np.errstate(invalid="ignore"):
-            ok = np.isfinite(gc) & (gc > 0)
-            if max_depth is not None:
-                ok &= gc < max_depth
-        pok = np.isfinite(pc)
-        invalid += int(np.count_nonzero(ok & ~pok))
-        ok &= pok
+        with np.errstate(invalid="ignore"):  # NaN compares False: 0 < gt < cap (or +inf)
+            ok = gc > 0
+            ok &= gc < (np.inf if max_depth is None else max_depth)
+        n_ok = np.count_nonzero(ok)
+        ok &= np.isfinite(pc)
+        invalid += int(n_ok - np.count_nonzero(ok))
         ps.append(pc[ok])
         gs.append(gc[ok])
     return np.concatenate(ps), np.concatenate(gs), invalid
