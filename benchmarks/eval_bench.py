@@ -1,6 +1,6 @@
 """The evaluation (``monst3r_rt.eval``) on real RGB-D data, and the cost of scoring a long sequence.
 
-    python benchmarks/eval_bench.py [--data ../shared/data] [--frames 1000]
+    python benchmarks/eval_bench.py [--data ../shared/data] [--frames 1000] [--cost-only]
 
 Part 1: the HoloLens sequence (``hololens-000-first80``: 80 frames 540×360, measured depth in
 16-bit PNG millimetres, 0 = invalid, poses camera-to-world). No weights are available, so the
@@ -19,8 +19,10 @@ an official ``demo.py`` folder (``frame_{i}.npy``, ``pred_traj.txt``); both are 
 Bonn settings (gt < 70 m) and the paper's LAD alignment, and so is the ground truth itself, which
 must score perfectly (median alignment: AbsRel 0, δ 100 %, ATE 0).
 
-Part 2: ``depth_metrics`` (median, least-squares and the official LAD alignment) and
-``pose_metrics`` on a synthetic ``--frames``-frame sequence at 288×512, timed.
+Part 2 (alone with ``--cost-only``): ``depth_metrics`` (median, least-squares and the official
+LAD alignment) and ``pose_metrics`` on a synthetic ``--frames``-frame sequence at 288×512
+(float32 inputs), timed, with the 1-minute load average before each step (the machine may be
+shared: a load above the core count inflates the times).
 """
 
 from __future__ import annotations
@@ -153,23 +155,27 @@ def part2(frames: int) -> None:
     poses[:, :3, :3] = [rotvec_to_rotmat(r) for r in np.cumsum(rng.normal(0, 0.02, (frames, 3)), 0)]
     poses[:, :3, 3] = np.cumsum(rng.normal(0, 0.05, (frames, 3)), 0)
     print(f"\n## Scoring cost: {frames} frames at {w}x{h} ({gt.size / 1e6:.0f} M pixels); "
-          f"{describe()}\n\n| step | seconds |\n|---|---|")  # fmt: skip
+          f"{describe()}\n\n| step | seconds | machine |\n|---|---|---|")  # fmt: skip
     for align in ("median", "scale_shift", "lad"):
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         depth_metrics(pred, gt, align, max_depth=70.0)
-        print(f"| depth_metrics align={align} | {time.perf_counter() - t0:.2f} |")
+        print(f"| depth_metrics align={align} | {time.perf_counter() - t0:.2f} "
+              f"| load {load:.1f} on {os.cpu_count()} cores |", flush=True)  # fmt: skip
     t0 = time.perf_counter()
     pose_metrics(poses, poses)
-    print(f"| pose_metrics | {time.perf_counter() - t0:.3f} |")
+    print(f"| pose_metrics | {time.perf_counter() - t0:.3f} | |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data"))
     ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--cost-only", action="store_true", help="only part 2 (no data needed)")
     args = ap.parse_args()
-    part1(args.data)
-    sys.stdout.flush()
+    if not args.cost_only:
+        part1(args.data)
+        sys.stdout.flush()
     part2(args.frames)
     return 0
 

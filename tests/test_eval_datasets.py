@@ -465,3 +465,74 @@ def test_cli_eval_offline_run_tiny_checkpoint(workdir, tmp_path, rng, capsys):
     assert np.isfinite(doc["mean"]["abs_rel"])
     assert main(argv) == 0
     assert "not run again" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_foreign_folder_before_any_run(sintel_case, tmp_path):
+    """A non-empty <seq>/ without reconstruction.npz is refused, naming it, before the first run
+    (offline and stream); our own leftover .<seq>.partial-* temporaries are removed."""
+    root, gts, _, _ = sintel_case
+    seqs = ["alley_2", "alley_1"]
+    for mode in ("offline", "stream"):
+        out = tmp_path / f"res_{mode}"
+        (out / "alley_1").mkdir(parents=True)
+        (out / "alley_1" / "x.txt").write_text("x")
+        pipe, made = _StubPipeline(gts), []
+
+        def factory(o, made=made):
+            made.append(o)
+            return _StubStream(o, gts)
+
+        with pytest.raises(FileExistsError, match=str(out / "alley_1")):
+            evaluate("sintel", root, out, sequences=seqs, mode=mode, pipeline=pipe,
+                     stream_factory=factory, log=lambda s: None)  # fmt: skip
+        assert pipe.calls == [] and made == [] and not (out / "alley_2").exists()
+    # a file where a sequence folder belongs: refused too
+    out = tmp_path / "res_file"
+    out.mkdir()
+    (out / "alley_1").write_text("x")
+    pipe = _StubPipeline(gts)
+    with pytest.raises(FileExistsError, match=str(out / "alley_1")):
+        evaluate("sintel", root, out, sequences=seqs, pipeline=pipe, log=lambda s: None)
+    assert pipe.calls == [] and not (out / "alley_2").exists()
+    # a crashed run's temporary folder (ours, by its name) is cleaned, the sequence runs
+    out = tmp_path / "res_partial"
+    (out / ".alley_1.partial-abc123").mkdir(parents=True)
+    (out / ".alley_1.partial-abc123" / "depth_0000.npy").write_text("x")
+    (out / ".alley_1.old-abc").mkdir()  # not ours to clean: left alone
+    pipe = _StubPipeline(gts)
+    res = evaluate("sintel", root, out, sequences=seqs, pipeline=pipe, align="median",
+                   log=lambda s: None)  # fmt: skip
+    assert pipe.calls == seqs and res["mean"]["abs_rel"] < 1e-6
+    assert sorted(os.listdir(out)) == [".alley_1.old-abc", "alley_1", "alley_2", "metrics.csv",
+                                       "metrics.json", "table.md"]  # fmt: skip
+
+
+def test_evaluate_stream_mode_real_stream_simulated_network(tmp_path):
+    """evaluate(mode="stream") through the real Stream (make_stream_factory, as the CLI) with a
+    simulated network giving exact predictions: the scores are those of a perfect method."""
+    from monst3r_rt.eval import make_stream_factory
+    from monst3r_rt.synthetic import SimulatedBackend, make_scene
+
+    scene = make_scene(n_frames=8, size=(64, 112), graph=None, seed=0)
+    root, seq = tmp_path / "sintel", "alley_2"
+    tr = root / "training"
+    for k in ("final", "depth", "camdata_left"):
+        (tr / k / seq).mkdir(parents=True)
+    k_mat = scene.intrinsics
+    for i in range(len(scene.images)):
+        name = f"frame_{i + 1:04d}"
+        cv2.imwrite(str(tr / "final" / seq / f"{name}.png"), scene.images[i][..., ::-1])
+        write_dpt(tr / "depth" / seq / f"{name}.dpt", scene.depths[i].astype(np.float32))
+        write_cam(tr / "camdata_left" / seq / f"{name}.cam", k_mat,
+                  np.linalg.inv(scene.poses[i])[:3])  # fmt: skip
+    backend = SimulatedBackend(scene)
+    factory = make_stream_factory(backend=backend, size=112)
+    res = evaluate("sintel", root, tmp_path / "res", sequences=[seq], mode="stream",
+                   stream_factory=factory, align="median", log=lambda s: None)  # fmt: skip
+    assert backend.encoded == len(scene.images)  # every frame went through the network once
+    r = res["per_sequence"][seq]
+    assert r["frames"] == 8 and r["invalid_pred"] == 0
+    assert r["abs_rel"] < 1e-4 and r["delta_1_25"] == 1.0
+    extent = np.linalg.norm(scene.poses[:, :3, 3] - scene.poses[:1, :3, 3], axis=1).max()
+    assert r["ate"] < 1e-4 * extent
+    assert (tmp_path / "res" / seq / "reconstruction.npz").is_file()

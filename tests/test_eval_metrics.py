@@ -238,6 +238,59 @@ def test_depth_metrics_lad_matches_torch_adam_replica() -> None:
     assert l1(m["scale"], m["shift"]) < l1(s0, 0.0)
 
 
+def _depth_metrics_reference(pred, gt, align, max_depth, post_clip_max):
+    """Straightforward full-array NumPy twin of the official metrics (float64 everywhere)."""
+    p_all, g_all = pred.astype(np.float64), gt.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        use = np.isfinite(g_all) & (g_all > 0) & (g_all < max_depth) & np.isfinite(p_all)
+    p, g = p_all[use], g_all[use]
+    if align == "median":
+        lower = lambda x: np.sort(x)[(x.size - 1) // 2]  # noqa: E731  torch's lower median
+        s, t = lower(g) / lower(p), 0.0
+    else:
+        s, t = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), g, rcond=None)[0]
+    a = np.minimum(s * p + t, post_clip_max)
+    a_pos = np.maximum(a, 1e-5)
+    ratio = np.maximum(a_pos / g, g / a_pos)
+    return {"abs_rel": np.mean(np.abs(a - g) / g), "sq_rel": np.mean((a - g) ** 2 / g),
+            "rmse": np.sqrt(np.mean((a - g) ** 2)),
+            "log_rmse": np.sqrt(np.mean((np.log(a_pos) - np.log(g)) ** 2)),
+            "delta_1_25": np.mean(ratio < 1.25), "delta_1_25_2": np.mean(ratio < 1.25**2),
+            "delta_1_25_3": np.mean(ratio < 1.25**3), "valid_pixels": p.size,
+            "scale": s, "shift": t}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depth_metrics_chunked_matches_full_array_reference(dtype) -> None:
+    """Chunk sizes that split frames and pixels (several chunks) give the full-array result:
+    invalid gt (0, < 0, NaN, ≥ max_depth), non-finite and ≤ 0 predictions, the post clip."""
+    rng = np.random.default_rng(11)
+    gt = rng.uniform(0.5, 90.0, (7, 9, 13))
+    gt[0, :2] = 0
+    gt[1, 3] = -1.0
+    gt[2, :, 4] = np.nan
+    gt[3, 0, 0] = 70.0  # at the cap: not ground truth
+    pred = 1.9 * gt + rng.normal(0, 4.0, gt.shape) + 3.0
+    pred[4, 2, :5] = np.inf
+    pred[5, 1, :3] = np.nan
+    pred[6, 5, :4] = -2.0
+    pred[6, 6, :2] = 0.0
+    gt, pred = gt.astype(dtype), pred.astype(dtype)
+    n_bad = int(np.count_nonzero(~np.isfinite(pred) & (gt > 0) & (gt < 70)))
+    for align in ("median", "scale_shift"):
+        ref = _depth_metrics_reference(pred, gt, align, 70.0, 70.0)
+        for chunk in (50, 117, 10**6):
+            m = depth_metrics(pred, gt, align, 70.0, post_clip_max=70.0, chunk=chunk)
+            assert m["invalid_pred"] == n_bad > 0
+            assert m["valid_pixels"] == ref["valid_pixels"]
+            for k, v in ref.items():
+                assert m[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (align, chunk, k)
+    lad = [depth_metrics(pred, gt, "lad", 70.0, chunk=c) for c in (50, 10**6)]
+    assert lad[0] == pytest.approx(lad[1], rel=1e-10, abs=1e-12)
+    with pytest.raises(ValueError, match="chunk"):
+        depth_metrics(pred, gt, chunk=0)
+
+
 def test_depth_metrics_max_depth_and_post_clip() -> None:
     rng = np.random.default_rng(4)
     gt = _gt_depth(rng)

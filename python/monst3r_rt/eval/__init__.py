@@ -21,7 +21,7 @@ from .datasets import (
 )
 from .depth import DEPTH_DATASET_SETTINGS, aggregate_depth_metrics, depth_metrics
 from .pose import pose_metrics
-from .runner import evaluate, run_sequence
+from .runner import evaluate, make_stream_factory, run_sequence
 from .score import (
     PAPER,
     Prediction,
@@ -40,5 +40,5 @@ __all__ = [
     "DATASETS", "Dataset", "DatasetError", "SequenceData", "Sintel", "TUMDynamics", "Bonn",
     "KittiDepth", "Davis", "associate", "get_dataset", "Prediction", "read_prediction",
     "score_sequence", "aggregate", "markdown_table", "write_results", "PAPER", "evaluate",
-    "run_sequence",
+    "run_sequence", "make_stream_factory",
 ]  # fmt: skip

@@ -25,12 +25,12 @@ def _eval(args: argparse.Namespace) -> int:
                             size=args.size, engine=args.engine, precision=args.precision,
                             align=AlignConfig(niter=args.niter), cli=True)  # fmt: skip
     elif args.predictions is None:
-        from ..stream import Stream
+        from .runner import make_stream_factory
 
-        def stream_factory(out: str) -> Any:
-            return Stream(args.weights, backend=args.backend, engine=args.engine,
-                          device=args.device, precision=args.precision, size=args.size,
-                          output=out)  # fmt: skip
+        stream_factory = make_stream_factory(args.weights, backend=args.backend,
+                                             engine=args.engine, device=args.device,
+                                             precision=args.precision,
+                                             size=args.size)  # fmt: skip
 
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     res = evaluate(args.dataset, args.root, args.output, mode=args.mode,

@@ -48,8 +48,17 @@ _ADAM_B1, _ADAM_B2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _LAD_BOX = 2e-3  # half-width of the box of fixed residual signs, relative to the initial scale
 
 
+#: Pixels per chunk of the passes over a sequence's valid pixels (float64 temporaries of this
+#: size, a few at a time, instead of full-sequence arrays).
+_CHUNK = 1 << 19
+
+
+def _chunks(n: int, chunk: int) -> range:
+    return range(0, n, chunk)
+
+
 def _lower_median(x: np.ndarray) -> float:
-    """torch.median: the lower middle value for an even count."""
+    """torch.median: the lower middle value for an even count (``x`` is left unchanged)."""
     k = (x.size - 1) // 2
     return float(np.partition(x, k)[k])
 
@@ -64,13 +73,35 @@ def _median_scale(p: np.ndarray, g: np.ndarray) -> float:
     return _lower_median(g) / mp
 
 
-def _lad_adam(p: np.ndarray, g: np.ndarray, s: float) -> tuple[float, float]:
+def _lstsq_scale_shift(p: np.ndarray, g: np.ndarray, chunk: int) -> tuple[float, float]:
+    """Least-squares ``s, t`` of ``Σ (s p + t − g)²``: means, then centred sums, per chunk in
+    float64 (centred, so no cancellation for depths far from 0)."""
+    n = p.size
+    sp = sg = 0.0
+    for i in _chunks(n, chunk):
+        sp += float(p[i : i + chunk].sum(dtype=np.float64))
+        sg += float(g[i : i + chunk].sum(dtype=np.float64))
+    mp, mg = sp / n, sg / n
+    var = cov = 0.0
+    for i in _chunks(n, chunk):
+        pc = p[i : i + chunk].astype(np.float64) - mp
+        var += float(pc @ pc)
+        cov += float(pc @ (g[i : i + chunk].astype(np.float64) - mg))
+    if not var > 0:
+        raise ValueError("depth_metrics: pred is constant over the valid pixels; "
+                         "scale_shift alignment is undefined")  # fmt: skip
+    scale = cov / var
+    return scale, mg - scale * mp
+
+
+def _lad_adam(p: np.ndarray, g: np.ndarray, s: float, chunk: int = _CHUNK) -> tuple[float, float]:
     """The official ``absolute_value_scaling2``: Adam on ``Σ|s p + t − g|`` from ``(s, 0)``.
 
     Exact, but not a full pass per step: around a centre ``c`` the pixels with
     ``|r(c)| > ρ(|p| + 1)`` keep the sign of their residual while ``|x − c|∞ ≤ ρ``, so their
-    share of the loss and gradient is linear in ``(s, t)`` and summed once; each step passes
-    only over the other pixels, and the partition is redone when ``x`` leaves the box."""
+    share of the loss and gradient is linear in ``(s, t)`` and summed once (per chunk, in
+    float64); each step passes only over the other pixels, and the partition is redone when
+    ``x`` leaves the box. ``p``, ``g``: (M,) valid values, any real dtype."""
     x = np.array([s, 0.0])
     m = np.zeros(2)
     v = np.zeros(2)
@@ -80,12 +111,20 @@ def _lad_adam(p: np.ndarray, g: np.ndarray, s: float) -> tuple[float, float]:
     for k in range(1, _LAD_ITERS + 1):
         if centre is None or np.abs(x - centre).max() > rho:
             centre = x.copy()
-            r = p * centre[0] + centre[1] - g
-            act = np.abs(r) <= rho * (np.abs(p) + 1.0)
-            sg = np.sign(r[~act])
-            lin = np.array([float(sg @ p[~act]), float(sg.sum()), float(sg @ g[~act])])
-            pa, ga = p[act], g[act]
-            del r, sg
+            lin = np.zeros(3)
+            pas, gas = [], []
+            for i in _chunks(p.size, chunk):
+                pc = p[i : i + chunk].astype(np.float64)
+                gc = g[i : i + chunk].astype(np.float64)
+                r = pc * centre[0] + centre[1] - gc
+                act = np.abs(r) <= rho * (np.abs(pc) + 1.0)
+                fix = ~act
+                sg = np.sign(r[fix])
+                lin += [float(sg @ pc[fix]), float(sg.sum()), float(sg @ gc[fix])]
+                pas.append(pc[act])
+                gas.append(gc[act])
+            pa, ga = np.concatenate(pas), np.concatenate(gas)
+            del pas, gas
         ra = pa * x[0] + x[1] - ga
         sa = np.sign(ra)  # d|r|/dr, 0 at 0 as torch.abs
         loss = float(sa @ ra) + x[0] * lin[0] + x[1] * lin[1] - lin[2]  # Σ|r|
@@ -115,6 +154,28 @@ def _check_depths(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, g
 
 
+def _valid_values(
+    p_all: np.ndarray, g_all: np.ndarray, max_depth: float | None, chunk: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The valid pixels' ``(pred, gt)`` values, (M,) each in their own dtype (float32 input:
+    no float64 copy of the sequence), and the count of valid-gt pixels with a non-finite
+    prediction; computed per chunk of frames."""
+    n = p_all.shape[0]
+    per = max(1, chunk // max(1, p_all[0].size))
+    ps, gs, invalid = [], [], 0
+    for i in range(0, n, per):
+        pc, gc = p_all[i : i + per], g_all[i : i + per]
+        with np.errstate(invalid="ignore"):  # NaN compares False: 0 < gt < cap (or +inf)
+            ok = gc > 0
+            ok &= gc < (np.inf if max_depth is None else max_depth)
+        n_ok = np.count_nonzero(ok)
+        ok &= np.isfinite(pc)
+        invalid += int(n_ok - np.count_nonzero(ok))
+        ps.append(pc[ok])
+        gs.append(gc[ok])
+    return np.concatenate(ps), np.concatenate(gs), invalid
+
+
 def depth_metrics(
     pred: Any,
     gt: Any,
@@ -122,6 +183,7 @@ def depth_metrics(
     max_depth: float | None = None,
     *,
     post_clip_max: float | None = None,
+    chunk: int = _CHUNK,
 ) -> dict[str, float | int]:
     """Depth metrics of one sequence after one per-sequence alignment (module docstring).
 
@@ -133,6 +195,9 @@ def depth_metrics(
         max_depth: ground-truth cap in gt units, or None (only ``gt > 0``). Official: Sintel and
             Bonn 70, KITTI None (:data:`DEPTH_DATASET_SETTINGS`).
         post_clip_max: clamp of the aligned prediction from above (official Sintel: 70), or None.
+        chunk: pixels per pass chunk (memory: a few float64 arrays of this size; the valid
+            values themselves are kept once in the inputs' dtypes). Results do not depend on it
+            beyond float64 summation-order rounding.
 
     Prediction handling: a non-finite prediction at a valid ground-truth pixel is left out of the
     alignment and the metrics and counted in ``invalid_pred`` (check it is 0 for a fair score);
@@ -155,16 +220,10 @@ def depth_metrics(
         raise ValueError(
             f"depth_metrics: align must be 'median', 'scale_shift' or 'lad', got {align!r}"
         )
+    if chunk < 1:
+        raise ValueError(f"depth_metrics: chunk must be >= 1, got {chunk}")
     p_all, g_all = _check_depths(pred, gt)
-    with np.errstate(invalid="ignore"):
-        gt_ok = np.isfinite(g_all) & (g_all > 0)
-        if max_depth is not None:
-            gt_ok &= g_all < max_depth
-    pred_ok = np.isfinite(p_all)
-    invalid_pred = int(np.count_nonzero(gt_ok & ~pred_ok))
-    use = gt_ok & pred_ok
-    p = p_all[use].astype(np.float64)
-    g = g_all[use].astype(np.float64)
+    p, g, invalid_pred = _valid_values(p_all, g_all, max_depth, chunk)
     if p.size == 0:
         raise ValueError(
             f"depth_metrics: no valid pixel in gt {g_all.shape} (0 < gt < max_depth={max_depth}, "
@@ -174,30 +233,43 @@ def depth_metrics(
     if align == "median":
         scale, shift = _median_scale(p, g), 0.0
     elif align == "lad":
-        scale, shift = _lad_adam(p, g, _median_scale(p, g))
+        scale, shift = _lad_adam(p, g, _median_scale(p, g), chunk)
     else:
-        pc = p - p.mean()
-        var = float(pc @ pc)
-        if not var > 0:
-            raise ValueError("depth_metrics: pred is constant over the valid pixels; "
-                             "scale_shift alignment is undefined")  # fmt: skip
-        scale = float(pc @ (g - g.mean())) / var
-        shift = float(g.mean() - scale * p.mean())
+        scale, shift = _lstsq_scale_shift(p, g, chunk)
 
-    a = scale * p + shift
-    if post_clip_max is not None:
-        a = np.minimum(a, post_clip_max)
-    diff = a - g
-    a_pos = np.maximum(a, _PRED_FLOOR)
-    ratio = np.maximum(a_pos / g, g / a_pos)
+    # sums of |d|/g, d²/g, d², log², and the δ counts, per chunk in float64
+    acc = np.zeros(7)
+    for i in _chunks(p.size, chunk):
+        gc = g[i : i + chunk].astype(np.float64)
+        a = p[i : i + chunk].astype(np.float64)
+        a *= scale
+        a += shift
+        if post_clip_max is not None:
+            np.minimum(a, post_clip_max, out=a)
+        diff = a - gc
+        sq = diff * diff
+        np.maximum(a, _PRED_FLOOR, out=a)  # a_pos
+        lg = np.log(a)
+        lg -= np.log(gc)
+        ratio = np.maximum(a / gc, gc / a)
+        acc += [
+            float((np.abs(diff) / gc).sum()),
+            float((sq / gc).sum()),
+            float(sq.sum()),
+            float(lg @ lg),
+            float(np.count_nonzero(ratio < 1.25)),
+            float(np.count_nonzero(ratio < 1.25**2)),
+            float(np.count_nonzero(ratio < 1.25**3)),
+        ]
+    mean = acc / p.size
     return {
-        "abs_rel": float(np.mean(np.abs(diff) / g)),
-        "sq_rel": float(np.mean(diff * diff / g)),
-        "rmse": float(np.sqrt(np.mean(diff * diff))),
-        "log_rmse": float(np.sqrt(np.mean(np.square(np.log(a_pos) - np.log(g))))),
-        "delta_1_25": float(np.mean(ratio < 1.25)),
-        "delta_1_25_2": float(np.mean(ratio < 1.25**2)),
-        "delta_1_25_3": float(np.mean(ratio < 1.25**3)),
+        "abs_rel": float(mean[0]),
+        "sq_rel": float(mean[1]),
+        "rmse": float(np.sqrt(mean[2])),
+        "log_rmse": float(np.sqrt(mean[3])),
+        "delta_1_25": float(mean[4]),
+        "delta_1_25_2": float(mean[5]),
+        "delta_1_25_3": float(mean[6]),
         "valid_pixels": int(p.size),
         "invalid_pred": invalid_pred,
         "scale": float(scale),

@@ -4,12 +4,22 @@ folders) and score them (:mod:`monst3r_rt.eval.score`).
 Runs are resumable: each sequence's output goes to ``RESULTS/<seq>/``, written atomically (a
 folder only exists once complete, with its ``reconstruction.npz``), and a sequence whose folder
 is complete is not run again. The whole dataset's layout is validated before the first run.
+
+Before the first run, every sequence still to run is checked: an existing ``RESULTS/<seq>`` that
+is a file, or a non-empty folder without ``reconstruction.npz``, is not ours (our writers only
+ever rename a complete folder into place) and is refused, naming it — nothing is deleted. A
+killed run's temporary folder beside it, ``RESULTS/.<seq>.partial-*`` (the name
+:func:`monst3r_rt._atomic.partial_dir` gives), is ours and incomplete by construction: it is
+removed before the sequence runs again. (So do not run two evaluations into one results folder
+at once.)
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +29,51 @@ from ..reconstruction import NPZ, Reconstruction
 from .datasets import get_dataset
 from .score import read_prediction, score_sequence, write_results
 
-__all__ = ["evaluate", "run_sequence"]
+__all__ = ["evaluate", "run_sequence", "make_stream_factory"]
+
+
+def make_stream_factory(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    backend: Any = "auto",
+    engine: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    size: int = 512,
+    config: Any = None,
+) -> Callable[[str], Any]:
+    """The ``stream_factory`` of :func:`evaluate` (and ``monst3r-rt eval --mode stream``): each
+    call ``f(out_dir)`` makes a new :class:`~monst3r_rt.Stream` with these arguments (as
+    ``Stream``'s; ``backend`` may be a :class:`~monst3r_rt.Backend` instance, e.g. a simulated
+    network in tests) writing ``output=out_dir``."""
+
+    def factory(out_dir: str) -> Any:
+        from ..stream import Stream
+
+        return Stream(weights, backend=backend, engine=engine, device=device,
+                      precision=precision, size=size, config=config,
+                      output=out_dir)  # fmt: skip
+
+    return factory
+
+
+def _check_run_target(results: str, seq: str) -> None:
+    """Refuse ``results/seq`` unless absent or an empty folder (module docstring)."""
+    d = os.path.join(results, seq)
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise FileExistsError(f"{d} exists and is not a folder; remove it to run the sequence")
+    if os.path.isdir(d) and os.listdir(d):
+        raise FileExistsError(f"{d} exists without {NPZ}: not a complete output of this "
+                              "package; remove it to run the sequence")  # fmt: skip
+
+
+def _remove_partials(results: str, seq: str) -> list[str]:
+    """Remove a killed run's ``results/.seq.partial-*`` temporary folders; returns them."""
+    found = sorted(glob.glob(os.path.join(glob.escape(results), f".{glob.escape(seq)}.partial-*")))
+    found = [p for p in found if os.path.isdir(p) and not os.path.islink(p)]
+    for p in found:
+        shutil.rmtree(p)
+    return found
 
 
 def _read_rgb(path: str) -> Any:
@@ -123,17 +177,16 @@ def evaluate(
             need = "pipeline" if mode == "offline" else "stream_factory"
             raise ValueError(f"{len(todo)} sequences need a run ({todo[:3]}...) but no {need} "
                              "was given")  # fmt: skip
-        for s in todo:  # a foreign non-empty folder is refused before any run
-            d = os.path.join(results, s)
-            if os.path.isdir(d) and os.listdir(d):
-                raise FileExistsError(f"{d} exists without {NPZ}: not a complete output of "
-                                      "this package; remove it to run the sequence")  # fmt: skip
+        for s in todo:  # a foreign file or non-empty folder is refused before any run
+            _check_run_target(results, s)
     pose_seqs = set(ds.pose_sequences())
     per_seq: dict[str, dict[str, Any]] = {}
     for k, s in enumerate(seqs):
         data = ds.load(s)
         folder = os.path.join(predictions or results, s)
         if predictions is None and not os.path.isfile(os.path.join(folder, NPZ)):
+            for p in _remove_partials(results, s):
+                say(f"[{k + 1}/{len(seqs)}] {s}: removed a killed run's temporary folder {p}")
             t0 = time.perf_counter()
             say(f"[{k + 1}/{len(seqs)}] {s}: running {mode} on {len(data.images)} frames")
             run_sequence(data.images, folder, mode, pipeline=pipeline,
