@@ -1,5 +1,5 @@
 """Command line: ``monst3r-rt run | stream | view | export | build-engine | verify-engine |
-bench | eval | doctor | --version``."""
+bench | eval | batch | doctor | --version``."""
 
 from __future__ import annotations
 
