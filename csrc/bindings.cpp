@@ -312,6 +312,7 @@ py::dict cuda_status() {
 
 // Defined in csrc/bind_*.cpp (one file per group of ops).
 void register_boundary(py::module_& m);
+void register_eval(py::module_& m);
 void register_geometry(py::module_& m);
 void register_lm(py::module_& m);
 void register_motion(py::module_& m);
@@ -320,6 +321,7 @@ void register_track(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   register_boundary(m);
+  register_eval(m);
   register_geometry(m);
   register_lm(m);
   register_motion(m);

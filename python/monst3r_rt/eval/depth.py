@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
+
 __all__ = ["depth_metrics", "aggregate_depth_metrics", "DEPTH_DATASET_SETTINGS"]
 
 #: Official keyword settings of :func:`depth_metrics` per video-depth dataset (spec §6.3):
@@ -45,7 +47,7 @@ DEPTH_DATASET_SETTINGS: dict[str, dict[str, float | None]] = {
 _PRED_FLOOR = 1e-5  # official clamp before log and ratios
 _LAD_LR, _LAD_ITERS, _LAD_TOL = 1e-4, 1000, 1e-6
 _ADAM_B1, _ADAM_B2, _ADAM_EPS = 0.9, 0.999, 1e-8
-_LAD_BOX = 2e-3  # half-width of the box of fixed residual signs, relative to the initial scale
+_LAD_BOX = 1e-3  # half-width of the box of fixed residual signs, relative to the initial scale
 
 
 #: Pixels per chunk of the passes over a sequence's valid pixels (float64 temporaries of this
@@ -94,14 +96,19 @@ def _lstsq_scale_shift(p: np.ndarray, g: np.ndarray, chunk: int) -> tuple[float,
     return scale, mg - scale * mp
 
 
-def _lad_adam(p: np.ndarray, g: np.ndarray, s: float, chunk: int = _CHUNK) -> tuple[float, float]:
+def _lad_adam(p: np.ndarray, g: np.ndarray, s: float) -> tuple[float, float]:
     """The official ``absolute_value_scaling2``: Adam on ``Σ|s p + t − g|`` from ``(s, 0)``.
 
     Exact, but not a full pass per step: around a centre ``c`` the pixels with
     ``|r(c)| > ρ(|p| + 1)`` keep the sign of their residual while ``|x − c|∞ ≤ ρ``, so their
-    share of the loss and gradient is linear in ``(s, t)`` and summed once (per chunk, in
-    float64); each step passes only over the other pixels, and the partition is redone when
-    ``x`` leaves the box. ``p``, ``g``: (M,) valid values, any real dtype."""
+    share of the loss and gradient is linear in ``(s, t)`` and summed once; each step passes only
+    over the other ("active") pixels, and the partition is redone when ``x`` leaves the box. Both
+    passes run in :mod:`monst3r_rt._core` (``lad_partition``, ``lad_sums``: OpenMP, float64 sums
+    over fixed chunks, independent of the thread count). ``p``, ``g``: (M,) valid values, any real
+    dtype (float32/float64 pairs are used as they are, others as float64)."""
+    if not (p.dtype == g.dtype and p.dtype in (np.float32, np.float64)):
+        p, g = p.astype(np.float64), g.astype(np.float64)  # exact for every real input dtype
+    p, g = np.ascontiguousarray(p), np.ascontiguousarray(g)
     x = np.array([s, 0.0])
     m = np.zeros(2)
     v = np.zeros(2)
@@ -111,24 +118,10 @@ def _lad_adam(p: np.ndarray, g: np.ndarray, s: float, chunk: int = _CHUNK) -> tu
     for k in range(1, _LAD_ITERS + 1):
         if centre is None or np.abs(x - centre).max() > rho:
             centre = x.copy()
-            lin = np.zeros(3)
-            pas, gas = [], []
-            for i in _chunks(p.size, chunk):
-                pc = p[i : i + chunk].astype(np.float64)
-                gc = g[i : i + chunk].astype(np.float64)
-                r = pc * centre[0] + centre[1] - gc
-                act = np.abs(r) <= rho * (np.abs(pc) + 1.0)
-                fix = ~act
-                sg = np.sign(r[fix])
-                lin += [float(sg @ pc[fix]), float(sg.sum()), float(sg @ gc[fix])]
-                pas.append(pc[act])
-                gas.append(gc[act])
-            pa, ga = np.concatenate(pas), np.concatenate(gas)
-            del pas, gas
-        ra = pa * x[0] + x[1] - ga
-        sa = np.sign(ra)  # d|r|/dr, 0 at 0 as torch.abs
-        loss = float(sa @ ra) + x[0] * lin[0] + x[1] * lin[1] - lin[2]  # Σ|r|
-        grad = np.array([float(sa @ pa) + lin[0], float(sa.sum()) + lin[1]])
+            lin, pa, ga = _core.lad_partition(p, g, float(centre[0]), float(centre[1]), rho)
+        sp, sn, sr = _core.lad_sums(pa, ga, float(x[0]), float(x[1]))  # Σσp, Σσ, Σ|r| (active)
+        loss = sr + x[0] * lin[0] + x[1] * lin[1] - lin[2]  # Σ|r|
+        grad = np.array([sp + lin[0], sn + lin[1]])
         m = _ADAM_B1 * m + (1 - _ADAM_B1) * grad
         v = _ADAM_B2 * v + (1 - _ADAM_B2) * grad * grad
         denom = np.sqrt(v) / np.sqrt(1 - _ADAM_B2**k) + _ADAM_EPS
@@ -233,7 +226,7 @@ def depth_metrics(
     if align == "median":
         scale, shift = _median_scale(p, g), 0.0
     elif align == "lad":
-        scale, shift = _lad_adam(p, g, _median_scale(p, g), chunk)
+        scale, shift = _lad_adam(p, g, _median_scale(p, g))
     else:
         scale, shift = _lstsq_scale_shift(p, g, chunk)
 
