@@ -188,6 +188,19 @@ def _verify_engine(args: argparse.Namespace) -> int:
     return 0 if table["passed"] else 1
 
 
+def add_network_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose and load the network, shared by ``run``, ``stream`` and
+    ``eval``: ``--weights --backend --engine --precision --device --size``."""
+    p.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "torch", "onnxruntime", "tensorrt"])  # fmt: skip
+    p.add_argument("--engine", help="export folder (monst3r-rt export) for onnxruntime/tensorrt")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="torch backend precision")  # fmt: skip
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--size", type=int, default=512, choices=[224, 512])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monst3r-rt", description="MonST3R 4D reconstruction from video, accelerated."
@@ -201,17 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="reconstruct a video (4D: depth, poses, masks, points)")
     run.add_argument("input", help="video file, folder of images, or image file")
     run.add_argument("-o", "--output", required=True, help="output folder (must be new or empty)")
-    run.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
-    run.add_argument("--backend", default="auto",
-                     choices=["auto", "torch", "onnxruntime", "tensorrt"])  # fmt: skip
-    run.add_argument("--engine", help="export folder (monst3r-rt export) for onnxruntime/tensorrt")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                     help="torch backend precision")  # fmt: skip
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_network_options(run)
     run.add_argument("--num-frames", type=int, help="keep at most this many frames")
     run.add_argument("--stride", type=int, default=1, help="keep every k-th frame")
     run.add_argument("--fps", type=float, help="resample a video to this frame rate")
-    run.add_argument("--size", type=int, default=512, choices=[224, 512])
     run.add_argument("--graph", default="swinstride-5-noncyclic", help="pair graph")
     run.add_argument("--batch-size", type=int, default=16)
     run.add_argument("--niter", type=int, default=300, help="alignment iterations")
@@ -232,13 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stream", help="real-time streaming: frames in, poses/depth/masks out")
     st.add_argument("source", help="video file, folder of images, camera index (0) or URL")
     st.add_argument("-o", "--output", required=True, help="output folder (must be new or empty)")
-    st.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
-    st.add_argument("--backend", default="auto",
-                    choices=["auto", "torch", "onnxruntime", "tensorrt"])  # fmt: skip
-    st.add_argument("--engine", help="export folder (monst3r-rt export) for onnxruntime/tensorrt")
-    st.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    st.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    st.add_argument("--size", type=int, default=512, choices=[224, 512])
+    add_network_options(st)
     st.add_argument("--max-frames", type=int, help="stop after this many frames")
     st.add_argument("--no-drop", action="store_true",
                     help="live sources: queue frames instead of dropping those that arrive "

@@ -100,11 +100,9 @@ class LiveViewer:
         pts = world_points(np.nan_to_num(res.depth, nan=0.0)[None], res.pose[None].astype(
             np.float32), res.intrinsics[None].astype(np.float32))[0]  # fmt: skip
         keep = (res.conf > self.conf_threshold) & np.isfinite(res.depth)
-        sub = np.zeros_like(keep)
-        sub[::s, ::s] = True
-        keep &= sub
         rgb = image.copy()
         rgb[res.dynamic_mask] = (0.5 * rgb[res.dynamic_mask] + [127, 0, 0]).astype(np.uint8)
+        keep, pts, rgb = keep[::s, ::s], pts[::s, ::s], rgb[::s, ::s]
         rr.log("world/points", rr.Points3D(pts[keep], colors=rgb[keep], radii=-1.5))
         _log_camera(rr, res.pose, res.intrinsics, image)
         self.centres.append(res.pose[:3, 3].copy())

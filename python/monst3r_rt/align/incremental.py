@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..geometry import unproject_depth, weighted_procrustes
+from ..geometry import transform_points, unproject_depth, weighted_procrustes
 from . import params as P
 from .config import AlignConfig
 from .driver import optimize, prepare
@@ -205,7 +205,7 @@ class KeyframeAligner:
         current world points."""
         kf = self.keyframes[e.i]
         cam = unproject_depth(np.exp(kf.log_depth.astype(np.float64)), kf.focal)
-        world = cam @ kf.pose[:3, :3].T + kf.pose[:3, 3]
+        world = transform_points(kf.pose, cam)
         w = np.log(e.conf_i).reshape(-1).astype(np.float64)
         ok = np.isfinite(e.pts_i).all(-1).reshape(-1) & (w > 0)
         src = e.pts_i.reshape(-1, 3)[ok].astype(np.float64)
@@ -242,8 +242,3 @@ class KeyframeAligner:
             e.pw = np.asarray(pw, np.float64).copy()
             e.pw[7] = np.log(sig)
         return out
-
-    def nbytes(self) -> int:
-        """Bytes held by the graph's arrays (keyframe depths and edge maps)."""
-        total = sum(k.log_depth.nbytes for k in self.keyframes.values())
-        return total + sum(e.pts_i.nbytes * 2 + e.conf_i.nbytes * 2 for e in self.edges)

@@ -45,6 +45,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``eval`` to a subparsers object; returns the parser."""
+    from ..cli import add_network_options
+
     e = sub.add_parser("eval", help="the paper's evaluation: run or score a dataset's sequences",
                        description="Run the method per sequence (resumable: complete sequence "
                        "folders are kept and not run again) or score existing output folders "
@@ -59,13 +61,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     e.add_argument("--sequences", help="comma-separated subset of the official sequences")
     e.add_argument("--align", default="lad", choices=["lad", "median", "scale_shift"],
                    help="depth alignment (lad: the paper's scale & shift)")  # fmt: skip
-    e.add_argument("--weights", help="checkpoint path or Hub id (default: official MonST3R)")
-    e.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime",
-                                                         "tensorrt"])  # fmt: skip
-    e.add_argument("--engine", help="export folder for onnxruntime/tensorrt")
-    e.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--size", type=int, default=512, choices=[224, 512])
+    add_network_options(e)
     e.add_argument("--niter", type=int, default=300, help="alignment iterations (offline)")
     e.add_argument("-q", "--quiet", action="store_true", help="no per-sequence progress lines")
     e.set_defaults(func=_eval)

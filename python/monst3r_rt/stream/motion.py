@@ -23,7 +23,7 @@ import numpy as np
 
 from ..egoflow import ego_flow
 from ..flow import dis_flow, forward_backward_error
-from ..geometry import project, relative_pose, transform_points, unproject_depth
+from ..geometry import project, relative_pose, sim3_matrix, transform_points, unproject_depth
 from ..masks import robust_scores
 
 __all__ = ["flow_mask", "geometric_mask", "MASK_METHODS"]
@@ -158,7 +158,7 @@ def geometric_mask(
     """
     h, w = depth.shape
     rot, trans = relative_pose(pose, kf_pose)  # camera t → keyframe camera
-    cam = transform_points(_rt(rot, trans), unproject_depth(depth, focal))
+    cam = transform_points(sim3_matrix(1.0, rot, trans), unproject_depth(depth, focal))
     z = cam[..., 2]
     px = project(cam, kf_focal, (w / 2, h / 2))
     xi, yi = np.round(px[..., 0]).astype(np.int64), np.round(px[..., 1]).astype(np.int64)
@@ -169,9 +169,3 @@ def geometric_mask(
     rel = np.where(inside & np.isfinite(rel), rel, 0.0).astype(np.float32)
     score = robust_scores(rel[None] / GEOMETRIC_MIN_REL, inside[None])[0]
     return score > threshold, score
-
-
-def _rt(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
-    trf = np.eye(4)
-    trf[:3, :3], trf[:3, 3] = rot, trans
-    return trf

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..align.incremental import RefineResult
+from ..geometry import transform_points
 from .tracking import track_sim3
 
 __all__ = ["KeyframeGraph"]
@@ -106,9 +107,9 @@ class KeyframeGraph:
 
     def _world(self, k: int) -> np.ndarray:
         n = self.nodes[k]
-        return (n.cam.astype(np.float64) * n.scale) @ n.pose[:3, :3].T + n.pose[:3, 3]
+        return transform_points(n.pose, n.cam.astype(np.float64) * n.scale)
 
-    def _terms(self, k: int, free: set[int]) -> list[tuple[np.ndarray, ...]]:
+    def _terms(self, k: int) -> list[tuple[np.ndarray, ...]]:
         """(src in k's camera, dst in world, weight, depth, axis) of every edge touching k."""
         out = []
         node = self.nodes[k]
@@ -124,14 +125,14 @@ class KeyframeGraph:
                 other = self.nodes[e.t]
                 src = node.cam.astype(np.float64) * node.scale
                 y = e.pts.astype(np.float64) * (e.scale * other.scale)
-                dst = y @ other.pose[:3, :3].T + other.pose[:3, 3]
+                dst = transform_points(other.pose, y)
                 rays = node.cam.astype(np.float64) @ node.pose[:3, :3].T
                 depth = node.cam[:, 2].astype(np.float64) * node.scale
                 out.append((src, dst, e.weight, depth, rays))
         return out
 
-    def _fit(self, k: int, free: set[int]) -> bool:
-        terms = self._terms(k, free)
+    def _fit(self, k: int) -> bool:
+        terms = self._terms(k)
         if not terms:
             return False
         src, dst, w, depth, rays = (np.concatenate(a) for a in zip(*terms, strict=True))
@@ -173,15 +174,10 @@ class KeyframeGraph:
         before = {k: self.nodes[k].scale for k in free}
         for _ in range(self.sweeps):
             for k in free:
-                self._fit(k, set(free))
+                self._fit(k)
         out = RefineResult(seconds=time.perf_counter() - t0)
         for k in free:
             out.poses[k] = self.nodes[k].pose.copy()
             out.scales[k] = self.nodes[k].scale / before[k]
             out.keyframes.append(k)
         return out
-
-    def nbytes(self) -> int:
-        """Bytes held by the graph's arrays."""
-        total = sum(n.cam.nbytes + n.weight.nbytes for n in self.nodes.values())
-        return total + sum(e.pts.nbytes + e.weight.nbytes for e in self.edges)

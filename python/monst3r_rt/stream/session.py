@@ -35,7 +35,7 @@ import numpy as np
 from .._atomic import check_output_dir
 from ..align.incremental import KeyframeAligner, RefineResult
 from ..frames import FrameError, preprocess_image, to_rgb8
-from ..geometry import estimate_focal, intrinsic_matrix, world_points
+from ..geometry import estimate_focal, intrinsic_matrix, project, transform_points, world_points
 from ..reconstruction import Reconstruction
 from .config import FrameResult, StreamConfig
 from .motion import flow_mask, geometric_mask
@@ -317,9 +317,8 @@ class Stream:
     # ---- tracking --------------------------------------------------------------------------------
     def _world(self, kf: _Keyframe) -> np.ndarray:
         """(h,w,3) world points of a keyframe's decimated map (current pose and scale)."""
-        pose = self._kf_pose[kf.frame]
         pts = kf.cam_pts.astype(np.float64) * self._kf_scale[kf.frame]
-        return pts @ pose[:3, :3].T + pose[:3, 3]
+        return transform_points(self._kf_pose[kf.frame], pts)
 
     def _track(self, ref: _Keyframe | None, pts2, conf2, timings) -> tuple[np.ndarray, float]:
         """Camera-to-world pose and depth scale of the frame from its pair with ``ref``."""
@@ -423,10 +422,8 @@ class Stream:
             return True
         h, w = pts2.shape[:2]
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = pts2[..., 2]
-            u = focal * pts2[..., 0] / z + w / 2
-            v = focal * pts2[..., 1] / z + h / 2
-            seen = (z > 0) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
+            u, v = np.moveaxis(project(pts2, focal, (w / 2, h / 2)), -1, 0)
+            seen = (pts2[..., 2] > 0) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
         confident = conf2 > cfg.conf_threshold
         overlap = float((seen & confident).sum()) / max(1, int(confident.sum()))
         moved = np.linalg.norm(pose[:3, 3] - self._kf_pose[ref.frame][:3, 3])
