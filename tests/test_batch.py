@@ -7,6 +7,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,7 +24,7 @@ from monst3r_rt.batch import (
     run_many,
     stored_fingerprint,
 )
-from monst3r_rt.batch.worker import normalize_options
+from monst3r_rt.batch.worker import Worker, normalize_options, wait_gone
 
 CLIPS = ("clip0", "clip1", "clip2")
 
@@ -333,3 +336,24 @@ def test_ray_interrupt_keeps_finished_folders_and_nothing_partial(clips, tmp_pat
     assert finished and set(finished) <= set(CLIPS)
     for name in finished:  # complete, and a re-run will skip it
         assert stored_fingerprint(root / name) == rep.fingerprint
+
+
+def test_wait_gone_waits_for_a_killed_process_and_treats_a_zombie_as_gone():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    here = {"host": socket.gethostname(), "pid": child.pid}
+    try:
+        t = time.monotonic()
+        assert not wait_gone(here, timeout=0.2)  # alive: waits the whole timeout, then False
+        assert time.monotonic() - t >= 0.2
+        child.kill()
+        time.sleep(0.2)  # killed but not reaped: a zombie, which can no longer write anything
+        with open(f"/proc/{child.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        assert wait_gone(here, timeout=5)
+    finally:
+        child.kill()
+        child.wait()
+    assert wait_gone(here, timeout=5)  # reaped
+    assert not wait_gone({"host": "elsewhere.invalid", "pid": child.pid}, timeout=5)
+    assert not wait_gone(None)
+    assert Worker.where(None) == {"host": socket.gethostname(), "pid": os.getpid()}

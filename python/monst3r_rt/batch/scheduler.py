@@ -15,7 +15,7 @@ from typing import Any
 from .fingerprint import config_fingerprint, stored_fingerprint
 from .inputs import BatchInput, expand_inputs
 from .report import BatchReport, VideoResult
-from .worker import BatchError, Worker, WorkerLostError, clean_partials
+from .worker import BatchError, Worker, WorkerLostError, clean_partials, wait_gone
 
 
 class _Progress:
@@ -242,7 +242,20 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
         name = f"monst3r-rt-batch-{run_id}-{slot}-{serial[0]}"
         actor = actor_cls.options(name=name, num_cpus=1, num_gpus=per_gpu,
                                   max_restarts=0).remote(mode, options, name)  # fmt: skip
+        wheres[slot] = actor.where.remote()  # runs first: actor calls are in order
         return actor, name
+
+    def kill(slot: int) -> None:
+        """Kill the actor in ``slot`` and wait until its process has ended: a killed actor's
+        call fails at once, while the process may still be writing its temporary folder."""
+        ray.kill(actors[slot][0])
+        try:
+            where = ray.get(wheres[slot], timeout=10)
+        except Exception:  # noqa: BLE001 - died before it ran anything
+            return
+        wait_gone(where)
+
+    wheres: dict[int, Any] = {}
 
     actors = {slot: new_actor(slot) for slot in range(workers)}
     loads = {slot: actors[slot][0].load.remote() for slot in actors}
@@ -271,7 +284,7 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
                                              attempts=attempts[item.name], worker=actors[slot][1],
                                              error=f"{type(exc).__name__}: {exc}")  # fmt: skip
                     else:
-                        ray.kill(actors[slot][0])  # a GPU fault leaves it alive but unusable
+                        kill(slot)  # a GPU fault leaves it alive but unusable
                         _collect_stats(ray, report, actors[slot][1], None)
                         actors[slot] = new_actor(slot)
                         loads[slot] = actors[slot][0].load.remote()
@@ -284,12 +297,10 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
         for actor, name in actors.values():
             _collect_stats(ray, report, name, actor)
     finally:
-        for actor, _ in actors.values():
-            ray.kill(actor)
-        if inflight:  # interrupted: wait for the killed attempts to end, remove their folders
-            ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
-            for _, item in inflight.values():
-                clean_partials(root, item.name)
+        for slot in actors:  # interrupted: killed attempts' processes end, then folders go
+            kill(slot)
+        for _, item in inflight.values():
+            clean_partials(root, item.name)
         if started:
             ray.shutdown()
 

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import time
 from typing import Any
 
@@ -87,6 +88,35 @@ def clean_partials(out_root: str, name: str) -> list[str]:
     return stale
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` can still run (a zombie, killed but not yet reaped, cannot)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def wait_gone(where: dict[str, Any] | None, timeout: float = 30.0) -> bool:
+    """Wait (at most ``timeout`` s) until the process ``where`` (from :meth:`Worker.where`) has
+    ended; True when it has. A process on another host cannot be watched: False at once (its
+    leftovers are removed by the next attempt at that video)."""
+    if not where or where.get("host") != socket.gethostname():
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(int(where["pid"])):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 class Worker:
     """One batch worker: a validated :class:`~monst3r_rt.Pipeline` whose backend (weights or
     engine) is loaded once, by :meth:`load`, and reused for every video.
@@ -140,6 +170,11 @@ class Worker:
 
             return Manifest.load(self.pipeline.engine).weights_hash
         return weights_fingerprint(self.pipeline.weights_source)
+
+    def where(self) -> dict[str, Any]:
+        """``{"host", "pid"}`` of the process this worker runs in (the driver waits for a
+        killed worker's process to end before removing its temporary folder)."""
+        return {"host": socket.gethostname(), "pid": os.getpid()}
 
     def stats(self) -> dict[str, Any]:
         """``{"load_seconds", "loads", "videos", "pid"}`` of this worker."""
