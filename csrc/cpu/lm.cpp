@@ -312,7 +312,8 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, const LmOptions& opt, T eps_t,
       // pass 2: edge moments, frame–edge blocks, reduced edge gradient; the flow's Schur terms
       for (size_t j = 0; j < incident[v].size(); ++j) {
         const auto [e, side] = incident[v][j];
-        const T* te = pb.edge_trans + 3 * e;
+        double dt[3];
+        lm_edge_offset(pb, e, Tv, dt);
         const T* wout = pw.data() + j * kChunk;
         const AddTo add{edge_acc.data() + (2 * e + side) * kLmEdgeAcc};
         for (int64_t p = p0; p < p1; ++p) {
@@ -322,7 +323,7 @@ void lm_accumulate_cpu(const AlignProblem<T>& pb, const LmOptions& opt, T eps_t,
           double b[3], r[3];
           lm_edge_point(pb, e, side, p, b);
           const double* a = &pa[3 * q];
-          for (int k = 0; k < 3; ++k) r[k] = a[k] + Tv[k] - b[k] - te[k];
+          lm_align_residual(a, dt, b, r);
           lm_edge_terms(a, b, r, W, pg[q], pinv[q], &pm[21 * q], add);
         }
         if (flow && !frozen)
@@ -421,26 +422,22 @@ struct WeightChunk {
   const T* w;    // (len) confidence weights
   const T* Re;   // edge rotation (3×3)
   double s, eps;
-  double t[3];  // T_v − t_e
+  double dt[3];  // T_v − t_e
   const double *ax, *ay, *az, *a2;
   double* W;
   double* H;
   int64_t len;
 };
 
+// lm_irls_weight over the chunk (the header's math, vectorised over pixels).
 template <typename T>
 inline void weight_chunk_body(const WeightChunk<T>& c) {
-  const double R0 = c.Re[0], R1 = c.Re[1], R2 = c.Re[2], R3 = c.Re[3], R4 = c.Re[4],
-               R5 = c.Re[5], R6 = c.Re[6], R7 = c.Re[7], R8 = c.Re[8];
 #pragma omp simd
   for (int64_t q = 0; q < c.len; ++q) {
-    const double px = c.pts[3 * q], py = c.pts[3 * q + 1], pz = c.pts[3 * q + 2];
-    const double rx = c.ax[q] + c.t[0] - c.s * (R0 * px + R1 * py + R2 * pz);
-    const double ry = c.ay[q] + c.t[1] - c.s * (R3 * px + R4 * py + R5 * pz);
-    const double rz = c.az[q] + c.t[2] - c.s * (R6 * px + R7 * py + R8 * pz);
-    const double nr = std::sqrt(rx * rx + ry * ry + rz * rz);
-    const double wp = c.w[q];
-    const double W = wp == 0.0 ? 0.0 : wp / std::max(nr, c.eps);
+    const double a[3] = {c.ax[q], c.ay[q], c.az[q]};
+    double b[3], r[3], nr;
+    lm_edge_point_at(c.Re, c.s, c.pts + 3 * q, b);
+    const double W = lm_irls_weight(a, c.dt, b, static_cast<double>(c.w[q]), c.eps, r, &nr);
     c.W[q] = W;
     c.H[q] += W * c.a2[q];
   }
@@ -501,10 +498,9 @@ void lm_cross_features_cpu(const AlignProblem<T>& pb, const LmOptions& opt, T ep
                           pb.edge_rot + 9 * e,
                           static_cast<double>(pb.edge_scale[e]),
                           eps,
-                          {static_cast<double>(Tv[0]) - pb.edge_trans[3 * e],
-                           static_cast<double>(Tv[1]) - pb.edge_trans[3 * e + 1],
-                           static_cast<double>(Tv[2]) - pb.edge_trans[3 * e + 2]},
+                          {},
                           ax, ay, az, a2, pw.data() + j * kChunk, ph.data(), len};
+        lm_edge_offset(pb, e, Tv, wc.dt);
         weight_chunk(wc);
       }
       std::fill(py.begin(), py.end(), 0.0);

@@ -132,15 +132,47 @@ MONST3R_HD double lm_pixel_geometry(const AlignProblem<T>& pb, int64_t v, int64_
   return d;
 }
 
+// b = σ_e R_e pred: the edge's point of a prediction pr (products in double).
+template <typename T>
+MONST3R_LM_INLINE void lm_edge_point_at(const T* Re, double s, const T* pr, double* b) {
+  const double p0 = pr[0], p1 = pr[1], p2 = pr[2];
+  MONST3R_LM_UNROLL
+  for (int k = 0; k < 3; ++k)
+    b[k] = s * (static_cast<double>(Re[3 * k]) * p0 + static_cast<double>(Re[3 * k + 1]) * p1 +
+                static_cast<double>(Re[3 * k + 2]) * p2);
+}
+
 // b = σ_e R_e pred(e, side, p).
 template <typename T>
 MONST3R_HD void lm_edge_point(const AlignProblem<T>& pb, int64_t e, int side, int64_t p,
                               double* b) {
-  const T* Re = pb.edge_rot + 9 * e;
-  const T* pr = pb.pts[side] + (e * pb.height * pb.width + p) * 3;
-  const double s = pb.edge_scale[e];
+  lm_edge_point_at(pb.edge_rot + 9 * e, static_cast<double>(pb.edge_scale[e]),
+                   pb.pts[side] + (e * pb.height * pb.width + p) * 3, b);
+}
+
+// dt = T_v − t_e (the translation part of the alignment residual of edge e seen from frame v).
+template <typename T>
+MONST3R_HD void lm_edge_offset(const AlignProblem<T>& pb, int64_t e, const T* Tv, double* dt) {
   for (int k = 0; k < 3; ++k)
-    b[k] = s * (Re[3 * k] * pr[0] + Re[3 * k + 1] * pr[1] + Re[3 * k + 2] * pr[2]);
+    dt[k] = static_cast<double>(Tv[k]) - static_cast<double>(pb.edge_trans[3 * e + k]);
+}
+
+// The alignment residual r = a + dt − b = (R_v c + T_v) − (σ_e R_e pred + t_e).
+MONST3R_LM_INLINE void lm_align_residual(const double* a, const double* dt, const double* b,
+                                         double* r) {
+  MONST3R_LM_UNROLL
+  for (int k = 0; k < 3; ++k) r[k] = a[k] + dt[k] - b[k];
+}
+
+// r (lm_align_residual), ‖r‖ in *nr, and the IRLS weight W = w/max(‖r‖, eps), 0 where w = 0.
+// Selects only, so that the CPU's loops over pixels vectorise; every pass that needs W (the
+// accumulation, the back-substitution, the cross features; CPU and CUDA) forms it here.
+MONST3R_LM_INLINE double lm_irls_weight(const double* a, const double* dt, const double* b,
+                                        double wp, double eps, double* r, double* nr) {
+  lm_align_residual(a, dt, b, r);
+  const double n = m_sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+  *nr = n;
+  return wp == 0.0 ? 0.0 : wp / (n > eps ? n : eps);
 }
 
 // J_f (3×7, row-major) of the alignment residual.
@@ -311,12 +343,12 @@ MONST3R_HD double lm_align_weight(const AlignProblem<T>& pb, int64_t e, int side
                                   double* energy) {
   const double wp = pb.weight[side][e * pb.height * pb.width + p];
   if (wp == 0.0) return 0.0;
-  const T* te = pb.edge_trans + 3 * e;
+  double dt[3], nr;
+  lm_edge_offset(pb, e, Tv, dt);
   lm_edge_point(pb, e, side, p, b);
-  for (int k = 0; k < 3; ++k) r[k] = a[k] + Tv[k] - b[k] - te[k];
-  const double nr = m_sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+  const double W = lm_irls_weight(a, dt, b, wp, eps, r, &nr);
   *energy += wp * nr;
-  return wp / (nr > eps ? nr : eps);
+  return W;
 }
 
 // Frame v's terms of one pixel (kLmFrameAcc: ws J_fᵀJ_f − b_f b_fᵀ/H and J_fᵀ ΣW r − b_f g/H) and
