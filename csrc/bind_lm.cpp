@@ -152,17 +152,12 @@ py::array_t<float> cross_features_impl(const GeoArgs& g, const Extras& x, double
   if (p1 < 0) p1 = hw;
   if (p0 < 0 || p0 >= p1 || p1 > hw) throw py::value_error("need 0 <= p0 < p1 <= H*W");
   int64_t k = 0;
-  std::vector<int64_t> targets;
   for (int64_t e = 0; e < pb.n_edges; ++e)
-    for (int side = 0; side < 2; ++side)
-      if (pb.edges[2 * e + side] == frame) {
-        ++k;
-        targets.push_back(pb.edges[2 * e + 1 - side]);
-      }
-  std::sort(targets.begin(), targets.end());
-  const int64_t nt = monst3r::lm_with_flow(pb, opt)
-                         ? std::unique(targets.begin(), targets.end()) - targets.begin()
-                         : 0;
+    k += (pb.edges[2 * e] == frame) + (pb.edges[2 * e + 1] == frame);
+  const int64_t nt =
+      monst3r::lm_with_flow(pb, opt)
+          ? static_cast<int64_t>(monst3r::lm_flow_targets(pb.edges, pb.n_edges, frame).size())
+          : 0;
   py::array_t<float> out({monst3r::kLmEdgeFeatures * k + monst3r::kLmTargetFeatures * nt, p1 - p0});
   float* dst = out.mutable_data();
   {

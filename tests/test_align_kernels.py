@@ -205,7 +205,7 @@ def test_cuda_twin_matches_cpu(dtype):
     kw = dict(flow=flow, flow_loss_threshold=1e9, flow_loss_weight=0.2)
     e_cpu, g_cpu, t_cpu = evaluate(data, params, **kw)
     kernel = CudaKernel(data, flow)
-    p_gpu = dict(params, log_depth=kernel.upload_log_depth(params["log_depth"]))
+    p_gpu = dict(params, log_depth=kernel.upload(params["log_depth"]))
     e_gpu, g_gpu, t_gpu = evaluate(data, p_gpu, kernel=kernel, **kw)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     assert e_gpu == pytest.approx(e_cpu, rel=tol)
@@ -257,7 +257,7 @@ def test_cuda_twin_matches_cpu_at_realistic_size(with_flow):
     kw = dict(flow=flow, flow_loss_threshold=1e9, flow_loss_weight=0.2, pixel_loss_threshold=50.0)
     e_cpu, g_cpu, t_cpu = evaluate(data, params, **kw)
     kernel = CudaKernel(data, flow)
-    p_gpu = dict(params, log_depth=kernel.upload_log_depth(params["log_depth"]))
+    p_gpu = dict(params, log_depth=kernel.upload(params["log_depth"]))
     e_gpu, g_gpu, t_gpu = evaluate(data, p_gpu, kernel=kernel, **kw)
     del kernel, p_gpu
     kw64 = dict(kw, flow=flow.astype(np.float64) if with_flow else None)

@@ -461,9 +461,7 @@ void lm_cross_features_cpu(const AlignProblem<T>& pb, const LmOptions& opt, T ep
   // the flow's target frames (distinct, increasing) and each incident pair's index among them
   std::vector<int64_t> targets, target_of(k, 0);
   if (flow) {
-    for (const auto& [e, side] : inc) targets.push_back(pb.edges[2 * e + 1 - side]);
-    std::sort(targets.begin(), targets.end());
-    targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+    targets = lm_flow_targets(pb.edges, pb.n_edges, v);
     for (int64_t j = 0; j < k; ++j) {
       const int64_t t = pb.edges[2 * inc[j].first + 1 - inc[j].second];
       target_of[j] = std::lower_bound(targets.begin(), targets.end(), t) - targets.begin();

@@ -29,8 +29,10 @@
 // their back-substituted depth step is 0; the caller removes their pose variables.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "monst3r/align.h"
 #include "monst3r/common.h"
@@ -101,6 +103,18 @@ struct LmBacksub {
   const double* dedge;   // (E,7) φ, t, s
   T* dl;                 // (N,HW)
 };
+
+// The flow term's target frames of frame v (the other frames of its incident edges, distinct and
+// increasing: the row order of lm_cross_features' target features). Host only.
+inline std::vector<int64_t> lm_flow_targets(const int64_t* edges, int64_t n_edges, int64_t v) {
+  std::vector<int64_t> targets;
+  for (int64_t e = 0; e < n_edges; ++e)
+    for (int side = 0; side < 2; ++side)
+      if (edges[2 * e + side] == v) targets.push_back(edges[2 * e + 1 - side]);
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  return targets;
+}
 
 // ---- per-pixel math (host and device) ---------------------------------------------------------
 

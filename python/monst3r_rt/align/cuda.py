@@ -61,9 +61,7 @@ class CudaKernel:
         if self.e and (data.edges.min() < 0 or data.edges.max() >= self.n):
             raise ValueError(f"edges reference frames outside 0..{self.n - 1}")
 
-        def up(a: np.ndarray, dtype: Any = dt) -> Any:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype)
-
+        up = self.upload
         self.inputs = {
             "edges": up(data.edges, torch.int64),
             "pts_i": up(data.pts_i), "pts_j": up(data.pts_j),
@@ -88,18 +86,16 @@ class CudaKernel:
             }  # fmt: skip
         self.dt = dt
 
-    def upload_log_depth(self, log_depth: np.ndarray) -> Any:
-        """(N,H,W) log-depth as a device tensor (the optimiser keeps it there)."""
-        return self.torch.from_numpy(np.ascontiguousarray(log_depth)).to(self.device, self.dt)
+    def upload(self, a: Any, dtype: Any = None) -> Any:
+        """A host array as a contiguous tensor on this kernel's device, in ``dtype`` (default the
+        problem's); a device tensor passes through unchanged (the ``_core`` entry points check
+        every array's device, dtype, shape and contiguity and name the one that is wrong)."""
+        if isinstance(a, self.torch.Tensor):
+            return a
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype or self.dt)
 
     def __call__(self, data: AlignData, geo: P.Geometry, flow_args: dict[str, Any]) -> tuple:
-        torch = self.torch
-
-        def up(a: Any) -> Any:  # device tensors pass through: _core checks them
-            if isinstance(a, torch.Tensor):
-                return a
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dt)
-
+        up = self.upload
         frames = dict(log_depth=up(geo.depth_log), rot=up(geo.rot), trans=up(geo.trans),
                       focal=up(geo.focal))  # fmt: skip
         edges = dict(edge_rot=up(geo.edge_rot), edge_trans=up(geo.edge_trans),

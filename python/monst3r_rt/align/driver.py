@@ -271,7 +271,7 @@ def optimize(
         from .cuda import CudaKernel
 
         kernel = CudaKernel(data, flow)
-        params["log_depth"] = kernel.upload_log_depth(params["log_depth"])
+        params["log_depth"] = kernel.upload(params["log_depth"])
 
     def objective(p: dict[str, np.ndarray], it: int) -> tuple[float, dict[str, np.ndarray]]:
         energy, grads, _ = evaluate(

@@ -286,7 +286,7 @@ def _backend(data: AlignData, flow: FlowData | None, params: Params, device: str
     from .lm_cuda import CudaKernels
 
     kernels = CudaKernels(data, flow)
-    cur["log_depth"] = kernels.energy_kernel.upload_log_depth(cur["log_depth"])
+    cur["log_depth"] = kernels.energy_kernel.upload(cur["log_depth"])
     return kernels, kernels.energy_kernel, cur
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from .. import _core
 from . import params as P
 from .cuda import CudaKernel, require_cuda
-from .lm_system import LmTerms
+from .lm_system import LmTerms, flow_targets
 from .objective import AlignData, FlowData, relative_poses
 
 
@@ -55,36 +55,27 @@ class CudaKernels:
         self.h, self.w = data.shape
         self.edges = data.edges
         offsets, entries = incident_csr(data.edges, self.n)
-        self.csr = [self._up(offsets, torch.int64), self._up(entries, torch.int64)]
+        self.up = ek.upload  # host arrays → device tensors (device tensors pass through)
+        self.csr = [self.up(offsets, torch.int64), self.up(entries, torch.int64)]
         self.offsets = offsets
-
-    def _up(self, a: Any, dtype: Any = None) -> Any:
-        torch = self.torch
-        if isinstance(a, torch.Tensor):
-            if a.device != self.device or not a.is_contiguous() or a.dtype != (dtype or self.dt):
-                raise ValueError(
-                    f"log_depth must be a contiguous {dtype or self.dt} tensor on {self.device}"
-                )
-            return a
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype or self.dt)
 
     def state(self, cur: dict[str, Any], geo: P.Geometry, terms: LmTerms, norm: float) -> dict:
         """Named device tensors of one state and the scalars of the kernels."""
         i = self.inputs
         arrays = {k: i[k] for k in ("edges", "pts_i", "pts_j", "w_i", "w_j", "pp")}
-        arrays["log_depth"] = self._up(cur["log_depth"])
+        arrays["log_depth"] = self.up(cur["log_depth"])
         for k in ("rot", "trans", "focal", "edge_rot", "edge_trans", "edge_scale"):
-            arrays[k] = self._up(getattr(geo, k))
+            arrays[k] = self.up(getattr(geo, k))
         scale = (0.0, 0.0)
         if terms.with_flow:
             if self.flow_inputs is None:
                 raise ValueError("these CudaKernels were built without flows")
             f_rot, f_trans = relative_poses(self.edges, geo.rot, geo.trans)
             arrays.update(zip(("flow_ij", "flow_ji", "static_mask"), self.flow_inputs, strict=True))
-            arrays["flow_rot"], arrays["flow_trans"] = self._up(f_rot), self._up(f_trans)
+            arrays["flow_rot"], arrays["flow_trans"] = self.up(f_rot), self.up(f_trans)
             scale = tuple(w / norm for w in terms.flow_weights)
         if terms.frozen is not None:
-            arrays["frozen"] = self._up(terms.frozen.astype(np.uint8), self.torch.uint8)
+            arrays["frozen"] = self.up(terms.frozen.astype(np.uint8), self.torch.uint8)
         arrays["csr_offsets"], arrays["csr_entries"] = self.csr
         return {"arrays": arrays, "scale": scale, "pixel_thr": terms.pixel_thr,
                 "flow": terms.with_flow}  # fmt: skip
@@ -123,13 +114,10 @@ class CudaKernels:
         k = int(self.offsets[v + 1] - self.offsets[v])
         targets = np.zeros(0, np.int64)
         if st["flow"]:
-            es = np.flatnonzero((self.edges == v).any(1))
-            targets = np.unique(
-                np.where(self.edges[es, 0] == v, self.edges[es, 1], self.edges[es, 0])
-            )
+            targets = flow_targets(self.edges, np.flatnonzero((self.edges == v).any(1)), v)
         rows = _core.LM_EDGE_FEATURES * k + _core.LM_TARGET_FEATURES * len(targets)
         x = self._zeros((rows, p1 - p0), self.torch.float32)
-        tg = self._up(targets, self.torch.int64) if len(targets) else None
+        tg = self.up(targets, self.torch.int64) if len(targets) else None
         self._call(
             "lm_cross_features_cuda", st, {"targets": tg, "x": x}, eps,
             frame=v, p0=p0, p1=p1, incident=k,
@@ -143,7 +131,7 @@ class CudaKernels:
     def backsub(self, st: dict, eps: float, dframe: np.ndarray, dedge: np.ndarray) -> Any:
         f64 = self.torch.float64
         dl = self.torch.empty((self.n, self.h, self.w), dtype=self.dt, device=self.device)
-        outputs = {"dframe": self._up(dframe, f64), "dedge": self._up(dedge, f64), "dl": dl}
+        outputs = {"dframe": self.up(dframe, f64), "dedge": self.up(dedge, f64), "dl": dl}
         self._call("lm_backsub_cuda", st, outputs, eps)
         return dl
 

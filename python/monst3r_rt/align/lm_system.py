@@ -208,6 +208,14 @@ def _incident(data: AlignData) -> list[np.ndarray]:
     return [np.array(x, dtype=np.int64) for x in incident]
 
 
+def flow_targets(edges: np.ndarray, incident: np.ndarray, v: int) -> np.ndarray:
+    """The flow term's target frames of frame ``v``: the other frames of its incident edges
+    ``incident`` (indices into ``edges`` (E,2) int64), distinct and increasing — the row order of
+    the target features (``_core.lm_cross_features``)."""
+    es = edges[incident]
+    return np.unique(np.where(es[:, 0] == v, es[:, 1], es[:, 0])).astype(np.int64)
+
+
 def _edge_maps(d: np.ndarray) -> np.ndarray:
     """(k,7,4) maps L_e from the features φ = (a, ‖a‖²) to the edge coupling J_eᵀa (with Y := X),
     d = T_v − t_e (k,3)."""
@@ -251,10 +259,7 @@ def coupling_blocks(
             if terms.frozen is not None and terms.frozen[v]:
                 continue  # its depth is not a variable: nothing couples through it
             k = len(es)
-            targets = np.zeros(0, np.int64)
-            if terms.with_flow:
-                other = np.where(data.edges[es, 0] == v, data.edges[es, 1], data.edges[es, 0])
-                targets = np.unique(other)
+            targets = flow_targets(data.edges, es, v) if terms.with_flow else np.zeros(0, np.int64)
             if k < 2 and len(targets) == 0:
                 continue
             g = _frame_gram(kern, st, eps, v, XF * k + YF * len(targets), h * w)
