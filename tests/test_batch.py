@@ -226,6 +226,47 @@ def test_preflight_errors_before_any_work(clips, tmp_path):
     assert os.listdir(root / "clip0") == ["mine.txt"]
 
 
+def test_an_output_folder_holding_an_input_is_refused_even_with_overwrite(clips, tmp_path):
+    """OUT_ROOT/<name> that is an input folder (or holds an input) would be replaced by the
+    output: refused before any work, --overwrite or not, and the input is untouched."""
+    d, _, opts = clips
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "000.png").write_bytes(b"x")
+    for overwrite in (False, True):
+        with pytest.raises(BatchError, match="choose another OUT_ROOT"):
+            run_many([frames, d / "videos" / "clip0.avi"], tmp_path, overwrite=overwrite, **opts)
+    assert os.listdir(frames) == ["000.png"] and not (tmp_path / "clip0").exists()
+    nested = tmp_path / "clip1"  # an input inside another input's output folder
+    nested.mkdir()
+    video = nested / "clip1.avi"
+    video.write_bytes((d / "videos" / "clip1.avi").read_bytes())
+    with pytest.raises(BatchError, match="clip1.avi in "):
+        run_many([video], tmp_path, overwrite=True, **opts)
+    assert video.is_file()
+
+
+def test_cli_batch_refuses_options_of_the_other_mode_and_ray_options_in_process(
+    clips, tmp_path, capsys
+):
+    from monst3r_rt.cli import main
+
+    d, ckpt, _ = clips
+    root = tmp_path / "out"
+    argv = ["batch", str(d / "videos" / "clip0.avi"), "-o", str(root), "--weights", str(ckpt),
+            "--size", "224", "-q"]  # fmt: skip
+    for extra, flag in [
+        (["--max-frames", "3"], "--max-frames: only for --mode stream"),
+        (["--keep", "all", "--refine", "off"], "--keep, --refine: only for --mode stream"),
+        (["--stream-masks", "none"], "--stream-masks: only for --mode stream"),
+        (["--workers", "2"], "--workers: only with --ray"),
+        (["--mode", "stream", "--gpus-per-worker", "0"], "--gpus-per-worker: only with --ray"),
+    ]:
+        assert main([*argv, *extra]) == 2
+        assert flag in capsys.readouterr().err
+    assert not root.exists()
+
+
 def test_cli_batch_stream_mode(clips, tmp_path, capsys):
     from monst3r_rt.cli import main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -185,6 +186,25 @@ def test_bad_options_fail_before_any_work(extra, message, monkeypatch, capsys):
             "--batch": {"batches": extra[1]}}[extra[0]])  # fmt: skip
     with pytest.raises(ValueError, match="exactly one"):
         bench.check_options()
+
+
+def test_unwritable_json_fails_before_any_work(monkeypatch, capsys, tmp_path):
+    """``--json`` into a missing folder, or onto a folder, is refused before the run (whose
+    results would otherwise be lost at the end)."""
+    import monst3r_rt.bench.stages as stages
+    from monst3r_rt.network import PointmapNet
+
+    def boom(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(PointmapNet, "__init__", boom)
+    monkeypatch.setattr(stages, "baseline_row", boom)
+    monkeypatch.setattr(bench.machine, "machine_info", boom)
+    assert main([*TINY_ARGS, "--json", str(tmp_path / "missing" / "b.json")]) == 2
+    assert f"folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    assert main([*TINY_ARGS, "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
 
 def test_baseline_is_measured_not_copied(monkeypatch):

@@ -467,6 +467,37 @@ def test_cli_eval_offline_run_tiny_checkpoint(workdir, tmp_path, rng, capsys):
     assert "not run again" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_a_complete_folder_of_the_other_mode(sintel_case, tmp_path):
+    """A rerun into a results folder whose sequence folders hold the other mode's complete runs
+    is refused before any run (their numbers would be reported as this mode's); the same
+    mode resumes."""
+    root, gts, _, _ = sintel_case
+    seqs = ["alley_2", "alley_1"]
+
+    class Streamed(_StubStream):
+        def close(self):
+            rec = super().close()  # saved without a mode: add it as Stream.close() records it
+            meta_path = os.path.join(self.out, "run.json")
+            with open(meta_path) as f:
+                meta = json.load(f)
+            with open(meta_path, "w") as f:
+                json.dump({**meta, "mode": "stream"}, f)
+            return rec
+
+    out = tmp_path / "res"
+    evaluate("sintel", root, out, sequences=seqs[:1], mode="stream",
+             stream_factory=lambda o: Streamed(o, gts), log=lambda s: None)  # fmt: skip
+    pipe = _StubPipeline(gts)
+    with pytest.raises(FileExistsError, match=r"alley_2 holds a complete 'stream' run"):
+        evaluate("sintel", root, out, sequences=seqs, pipeline=pipe, log=lambda s: None)
+    assert pipe.calls == [] and not (out / "alley_1").exists()
+    made = []
+    res = evaluate("sintel", root, out, sequences=seqs, mode="stream", align="median",
+                   stream_factory=lambda o: made.append(o) or Streamed(o, gts),
+                   log=lambda s: None)  # fmt: skip
+    assert made == [os.path.join(out, "alley_1")] and res["mean"]["abs_rel"] < 1e-6
+
+
 def test_evaluate_refuses_foreign_folder_before_any_run(sintel_case, tmp_path):
     """A non-empty <seq>/ without reconstruction.npz is refused, naming it, before the first run
     (offline and stream); our own leftover .<seq>.partial-* temporaries are removed."""

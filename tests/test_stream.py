@@ -253,6 +253,53 @@ def test_stream_video_folder_and_max_frames(scene, tmp_path):
         stream_video(tmp_path / "missing", backend=SimulatedBackend(scene))
 
 
+def test_stream_video_left_open_is_finalised_with_the_source_names(scene, tmp_path):
+    """``break`` out of a stream_video loop, then garbage collection: the output folder is
+    finalised (not left as a ``.out.partial-*`` folder), and its names are the source files."""
+    import gc
+
+    import cv2
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    names = [f"img_{i * 3:03d}.png" for i in range(6)]  # not the frame indices
+    for name, im in zip(names, scene.images, strict=False):
+        cv2.imwrite(str(folder / name), im[..., ::-1])
+    video = stream_video(folder, backend=SimulatedBackend(scene), size=SIZE[1],
+                         config=StreamConfig(refine="thread"), output=tmp_path / "out")  # fmt: skip
+    for res in video:
+        if res.index == 2:
+            break
+    del video, res
+    gc.collect()
+    assert sorted(os.listdir(tmp_path)) == ["clip", "out"]
+    rec = Reconstruction.load(tmp_path / "out")
+    assert len(rec) == 3 and rec.names == names[:3]
+
+
+def test_an_output_folder_holding_the_input_is_refused(scene, tmp_path, capsys):
+    """``-o`` that is the input folder, or a folder holding the input, would be replaced by the
+    output: refused before any work even with ``--overwrite`` (run, stream, stream_video); the
+    input is untouched."""
+    from monst3r_rt import cli
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "000.png").write_bytes(b"x")
+    for cmd, src, out in [
+        ("stream", folder, folder),
+        ("run", folder, folder),
+        ("run", folder / "000.png", folder),
+        ("stream", folder, tmp_path),
+    ]:
+        code = cli.main([cmd, str(src), "-o", str(out), "--overwrite", "--weights", "none.pth"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"is or contains the input {src}" in err, err
+    with pytest.raises(FileExistsError, match="choose another output folder"):
+        stream_video(folder, backend=SimulatedBackend(scene), output=folder, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["clip"] and os.listdir(folder) == ["000.png"]
+
+
 def test_cli_stream(workdir, tmp_path, capsys):
     """``monst3r-rt stream`` on the tiny random-weight checkpoint: a valid output folder, the
     summary, and the same refusals as ``run``."""
@@ -292,6 +339,39 @@ def test_cli_stream(workdir, tmp_path, capsys):
     code = cli.main(["stream", "7", "-o", str(target), "--weights", str(ckpt), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "camera" in err and not target.exists()
+
+
+def test_cli_stream_says_what_was_kept_after_an_error_or_interrupt(
+    workdir, tmp_path, capsys, monkeypatch
+):
+    """A frame that cannot be read ends ``monst3r-rt stream`` with exit status 2 and says that
+    the frames before it were finalised; Ctrl-C before the first frame says nothing was
+    written (and nothing is)."""
+    pytest.importorskip("torch")
+    import shutil
+
+    from monst3r_rt import cli
+
+    d, ckpt = workdir
+    clip = tmp_path / "clip"
+    shutil.copytree(d / "clip", clip)
+    third = sorted(os.listdir(clip))[2]
+    (clip / third).write_bytes(b"not an image")
+    base = ["--weights", str(ckpt), "--size", "224", "--device", "cpu", "-q"]
+    out = tmp_path / "out"
+    assert cli.main(["stream", str(clip), "-o", str(out), *base]) == 2
+    err = capsys.readouterr().err
+    assert f"stopped after 2 frames; output finalised in {out}" in err and third in err
+    assert len(Reconstruction.load(out)) == 2
+
+    def ctrl_c(self, image, name=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Stream, "push", ctrl_c)
+    never = tmp_path / "never"
+    assert cli.main(["stream", str(d / "clip"), "-o", str(never), *base]) == 130
+    assert "interrupted after 0 frames; nothing was written" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["clip", "out"]
 
 
 def _keyframe_problem(noise: dict, frames=(0, 4, 8, 12), links: int = 2):

@@ -125,6 +125,25 @@ def test_finalize_result_is_lazy_and_saves_again(tmp_path):
     np.testing.assert_array_equal(img, render_png(rec, tmp_path / "b.png", size=(40, 60)))
 
 
+def test_view_png_bad_requests_are_one_line_errors(tmp_path, capsys):
+    """``monst3r-rt view OUT --png`` refuses a frame outside 0..N-1, an image type OpenCV cannot
+    write and a missing folder with a one-line error (exit 2), before rendering anything."""
+    from monst3r_rt import cli
+
+    _recon().save(tmp_path / "out")
+    for png, extra, message in [
+        ("x.png", ["--frame", "5"], "frame 5 is out of range: the reconstruction has 5 frames"),
+        ("x.png", ["--frame", "-1"], "frame -1 is out of range"),
+        ("x.txt", [], "cannot write this image type"),
+        (os.path.join("missing", "x.png"), [], "does not exist"),
+    ]:
+        code = cli.main(["view", str(tmp_path / "out"), "--png", str(tmp_path / png), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "monst3r-rt view: error: " in err and message in err, err
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert cli.main(["view", str(tmp_path / "out"), "--png", str(tmp_path / "x.png")]) == 0
+
+
 # ---- (c) lazy per-frame arrays ------------------------------------------------------------------
 _KEYS = [
     3, -1, np.int64(2), slice(1, 4), slice(None, None, -2), slice(7, 9), [4, 0, 4], [],

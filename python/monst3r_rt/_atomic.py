@@ -7,7 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -26,10 +26,43 @@ def savez_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) ->
         raise
 
 
-def check_output_dir(path: str | os.PathLike[str], overwrite: bool) -> str:
-    """``path`` as a string, after refusing an existing non-empty folder (or a file) unless
-    ``overwrite``. Raises FileExistsError naming it."""
+def inputs_inside(
+    folders: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]]
+) -> dict[str, str]:
+    """``{input: folder}`` for every existing input that is one of ``folders`` or lies inside
+    one (compared as real paths, so links and ``..`` do not hide it): replacing that folder
+    would delete the input. Inputs that are not paths (a camera index, a URL) never match."""
+    owners = {os.path.realpath(os.fspath(f)): os.fspath(f) for f in folders}
+    found: dict[str, str] = {}
+    for inp in inputs:
+        if not isinstance(inp, (str, os.PathLike)) or not os.path.exists(inp):
+            continue
+        p = os.path.realpath(os.fspath(inp))
+        while True:
+            if p in owners:
+                found[os.fspath(inp)] = owners[p]
+                break
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+    return found
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> str:
+    """``path`` as a string, after refusing a folder that is or contains one of ``inputs``
+    (replacing it would delete the input, even with ``overwrite``), then an existing non-empty
+    folder (or a file) unless ``overwrite``. Raises FileExistsError naming it."""
     path = os.fspath(path)
+    inside = inputs_inside([path], inputs) if os.path.isdir(path) else {}
+    if inside:
+        inp = next(iter(inside))
+        raise FileExistsError(f"output folder {path} is or contains the input {inp}; writing "
+                              "there would delete it: choose another output folder")  # fmt: skip
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"{path} exists and is not a folder")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from .align import AlignConfig
     from .pipeline import Pipeline
 
-    check_output_dir(args.output, args.overwrite)  # before any work
+    check_output_dir(args.output, args.overwrite, [args.input])  # before any work
     cfg = AlignConfig(niter=args.niter, solver=args.solver)
     # constructing the Pipeline checks every option together (solver, flow, masks, devices,
     # backend, engine, size) before any weights, frames or network work
@@ -85,7 +85,7 @@ def _stream(args: argparse.Namespace) -> int:
     from .stream import StreamConfig, stream_video
     from .stream.stats import LatencyStats
 
-    check_output_dir(args.output, args.overwrite)  # before any work
+    check_output_dir(args.output, args.overwrite, [args.source])  # before any work
     cfg = StreamConfig(keep=args.keep, masks=args.masks, refine=args.refine)
     viewer = None
     if args.viewer or args.save:
@@ -108,10 +108,17 @@ def _stream(args: argparse.Namespace) -> int:
                 print("\r" + stats.status(video.source.dropped), end="", file=sys.stderr,
                       flush=True)  # fmt: skip
     except KeyboardInterrupt:
-        video.close()
-        print(f"\nmonst3r-rt stream: interrupted after {stats.frames} frames; output finalised in "
-              f"{args.output}", file=sys.stderr)  # fmt: skip
+        done = video.close()
+        where = f"output finalised in {args.output}" if done else "nothing was written"
+        print(f"\nmonst3r-rt stream: interrupted after {len(done) if done else 0} frames; "
+              f"{where}", file=sys.stderr)  # fmt: skip
         return 130
+    except Exception:  # a frame that cannot be read, a camera that stops: what ran is kept
+        if video.reconstruction is not None:
+            lead = "\n" if show else ""  # end the status line
+            print(f"{lead}monst3r-rt stream: stopped after {len(video.reconstruction)} frames; "
+                  f"output finalised in {args.output}", file=sys.stderr)  # fmt: skip
+        raise
     if show:
         print(file=sys.stderr)
     recon = video.reconstruction

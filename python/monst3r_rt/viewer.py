@@ -135,10 +135,23 @@ def render_png(
 
     Returns:
         the (H,W,3) uint8 RGB image.
+
+    Raises:
+        ValueError / FileNotFoundError before any rendering: an image type OpenCV cannot write,
+        a missing folder for ``path``, ``frame`` outside ``0..N-1``.
     """
+    out = os.fspath(path)
+    if not cv2.haveImageWriter(out):
+        raise ValueError(f"{out}: cannot write this image type; use .png or .jpg")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise FileNotFoundError(f"{out}: folder {os.path.dirname(os.path.abspath(out))} does "
+                                "not exist")  # fmt: skip
     if not isinstance(recon, Reconstruction):
         recon = Reconstruction.load(recon)
     frame = len(recon) // 2 if frame is None else frame
+    if not 0 <= frame < len(recon):
+        raise ValueError(f"frame {frame} is out of range: the reconstruction has {len(recon)} "
+                         f"frames (0..{len(recon) - 1})")  # fmt: skip
     static, s_rgb = recon.point_cloud(conf_threshold=conf_threshold, static_only=True)
     keep = (recon.conf[frame] > conf_threshold) & recon.dynamic_masks[frame]
     pts = np.concatenate([static, recon.pts3d[frame][keep]])
@@ -176,6 +189,6 @@ def render_png(
                 p0 = tuple(np.clip(np.round(suv[a]), -1e5, 1e5).astype(int).tolist())
                 p1 = tuple(np.clip(np.round(suv[a + 1]), -1e5, 1e5).astype(int).tolist())
                 cv2.line(img, p0, p1, colour, 1, cv2.LINE_AA)
-    if not cv2.imwrite(os.fspath(path), img[..., ::-1]):
-        raise OSError(f"{path}: cannot write the PNG")
+    if not cv2.imwrite(out, img[..., ::-1]):
+        raise OSError(f"{out}: cannot write the image")
     return img

@@ -49,16 +49,29 @@ def add_parser(sub: Any, run: argparse.ArgumentParser, stream: argparse.Argument
                            help="--mode stream: dynamic masks")  # fmt: skip
     b.set_defaults(func=_batch, _offline_defaults={
         a.dest: a.default for a in run._actions if a.dest not in _NOT_COPIED
+    }, _stream_defaults={
+        **{a.dest: a.default for a in stream._actions if a.dest in _STREAM_COPIED},
+        "stream_masks": next(a.default for a in stream._actions if a.dest == "masks"),
     })  # fmt: skip
 
 
 def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``run_many`` pipeline options of parsed ``batch`` arguments. Raises ValueError for an
-    offline-only option given with ``--mode stream``."""
+    offline-only option given with ``--mode stream``, a stream-only one without it, and the Ray
+    options (``--workers``, ``--gpus-per-worker``) without ``--ray``."""
     from ..align import AlignConfig
 
+    ray_only = [flag for flag, v, default in (("--workers", args.workers, None),
+                ("--gpus-per-worker", args.gpus_per_worker, 1.0)) if v != default]  # fmt: skip
+    if ray_only and args.ray is None:
+        raise ValueError(f"{', '.join(ray_only)}: only with --ray (in-process is one worker)")
     common = {k: getattr(args, k) for k in
               ("weights", "backend", "engine", "device", "precision", "size")}  # fmt: skip
+    if args.mode == "offline":
+        changed = [k for k, v in args._stream_defaults.items() if getattr(args, k) != v]
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise ValueError(f"{flags}: only for --mode stream")
     if args.mode == "stream":
         shared = set(common)
         changed = [k for k, v in args._offline_defaults.items()

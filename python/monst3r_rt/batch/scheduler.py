@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._atomic import inputs_inside
 from .fingerprint import config_fingerprint, stored_fingerprint
 from .inputs import BatchInput, expand_inputs
 from .report import BatchReport, VideoResult
@@ -73,6 +74,13 @@ def _plan(items: list[BatchInput], out_root: str, fingerprint: str,
         elif os.path.exists(folder) and not os.path.isdir(folder):
             foreign.append(folder)
         todo.append(item)
+    inside = inputs_inside([os.path.join(out_root, t.name) for t in todo],
+                           [t.path for t in items])  # fmt: skip
+    if inside:
+        inp, folder = next(iter(inside.items()))
+        raise BatchError(f"{len(inside)} input(s) lie in an output folder (e.g. {inp} in "
+                         f"{folder}); writing it would delete them: choose another "
+                         "OUT_ROOT")  # fmt: skip
     if foreign:
         raise BatchError(f"{len(foreign)} output folder(s) exist and were not written by a "
                          f"batch (e.g. {foreign[0]}); pass overwrite=True (--overwrite) to "

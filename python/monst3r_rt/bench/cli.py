@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -113,6 +114,12 @@ def main(args: argparse.Namespace) -> int:
               scale=args.scale, quick=args.quick, clip=args.clip,
               config=TINY if args.config == "tiny" else None)  # fmt: skip
     check_options(**kw)  # every option before any work
+    if args.json_out:  # the results must not be lost at the end of a long run
+        folder = os.path.dirname(os.path.abspath(args.json_out))
+        if os.path.isdir(args.json_out):
+            raise ValueError(f"--json {args.json_out}: is a folder; give a file name")
+        if not os.path.isdir(folder):
+            raise ValueError(f"--json {args.json_out}: folder {folder} does not exist")
     old = load_json(args.compare) if args.compare else None
     machine = machine_info()
     print(format_header(machine))

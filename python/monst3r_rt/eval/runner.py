@@ -3,7 +3,9 @@ folders) and score them (:mod:`monst3r_rt.eval.score`).
 
 Runs are resumable: each sequence's output goes to ``RESULTS/<seq>/``, written atomically (a
 folder only exists once complete, with its ``reconstruction.npz``), and a sequence whose folder
-is complete is not run again. The whole dataset's layout is validated before the first run.
+is complete is not run again — unless its ``run.json`` records another mode (``stream`` vs
+``offline``), which is refused, naming it: the reused numbers would be reported as this mode's.
+The whole dataset's layout is validated before the first run.
 
 Before the first run, every sequence still to run is checked: an existing ``RESULTS/<seq>`` that
 is a file, or a non-empty folder without ``reconstruction.npz``, is not ours (our writers only
@@ -65,6 +67,28 @@ def _check_run_target(results: str, seq: str) -> None:
     if os.path.isdir(d) and os.listdir(d):
         raise FileExistsError(f"{d} exists without {NPZ}: not a complete output of this "
                               "package; remove it to run the sequence")  # fmt: skip
+
+
+def _check_resumed(results: str, seq: str, mode: str, pipeline: Any) -> None:
+    """Refuse a complete ``results/seq`` written by another mode than this evaluation's (its
+    numbers would be reported as this mode's); a folder whose ``run.json`` records no mode
+    (e.g. written by other code) is taken as it is."""
+    d = os.path.join(results, seq)
+    try:
+        with open(os.path.join(d, "run.json")) as f:
+            recorded = json.load(f).get("mode")
+    except (OSError, ValueError, AttributeError):
+        return
+    if mode == "stream":
+        want = {"stream"}
+    elif pipeline is not None:
+        want = {getattr(pipeline, "mode", "offline")}
+    else:
+        want = {"offline", "feedforward"}
+    if recorded is not None and recorded not in want:
+        raise FileExistsError(f"{d} holds a complete {recorded!r} run, but this evaluation "
+                              f"runs mode {mode!r}; use another results folder (or remove "
+                              f"{d})")  # fmt: skip
 
 
 def _remove_partials(results: str, seq: str) -> list[str]:
@@ -179,6 +203,9 @@ def evaluate(
                              "was given")  # fmt: skip
         for s in todo:  # a foreign file or non-empty folder is refused before any run
             _check_run_target(results, s)
+        for s in seqs:  # so is a complete folder of another mode
+            if s not in todo:
+                _check_resumed(results, s, mode, pipeline)
     pose_seqs = set(ds.pose_sequences())
     per_seq: dict[str, dict[str, Any]] = {}
     for k, s in enumerate(seqs):

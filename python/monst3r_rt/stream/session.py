@@ -222,7 +222,7 @@ class Stream:
         """Frame indices of the keyframes so far."""
         return sorted(self._kf_pose)
 
-    def push(self, image: np.ndarray) -> FrameResult:
+    def push(self, image: np.ndarray, name: str | None = None) -> FrameResult:
         """Process one frame.
 
         Args:
@@ -230,6 +230,8 @@ class Stream:
                 pixel types refused, as ``load_frames`` does), any size; preprocessed to the model
                 resolution like
                 ``load_frames(size=size)``; every frame must give the first frame's resolution.
+            name: the frame's name in the output's ``names`` (its source file, as the offline
+                job records); default ``frame_XXXXXX`` (the frame index).
 
         Returns:
             :class:`FrameResult` for this frame.
@@ -271,7 +273,7 @@ class Stream:
         t0 = time.perf_counter()
         self._records.append(record)
         if self._writer is not None:
-            self._writer.write_frame(t, rgb, depth, conf, mask, f"frame_{t:06d}")
+            self._writer.write_frame(t, rgb, depth, conf, mask, name or f"frame_{t:06d}")
         if self.config.keep == "all":
             self._kept.append((rgb, depth, conf, mask))
         timings["output"] = time.perf_counter() - t0

@@ -12,12 +12,15 @@ import os
 import queue
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 
+from .._atomic import check_output_dir
 from ..frames import FrameError, iter_frames, to_rgb8
 from ..reconstruction import Reconstruction
 from .config import FrameResult
@@ -115,11 +118,28 @@ class FrameSource:
             self._cap.release()
 
 
+def _close_quietly(source: FrameSource, stream: Stream) -> None:
+    """A :class:`VideoStream` that was left open (garbage-collected or alive at exit): finalise
+    its output as ``close()`` would; a failure is a warning (a finaliser cannot raise)."""
+    source.close()
+    if stream.closed:
+        return
+    try:
+        if stream.num_frames == 0:
+            stream.abort()
+        else:
+            stream.close()
+    except Exception as exc:
+        warnings.warn(f"VideoStream left open: closing its stream failed: {exc}", stacklevel=1)
+
+
 class VideoStream:
     """Iterator of :class:`FrameResult` over a source through a :class:`Stream`; the stream is
-    closed when the source ends, when iteration stops early (``close()``, ``break`` then
-    garbage collection, Ctrl-C) or on an error, and :attr:`reconstruction` then holds
-    ``Stream.close()``'s result (refined poses; the output folder is finalised)."""
+    closed when the source ends, when iteration stops early (``close()``, Ctrl-C) or on an
+    error, and :attr:`reconstruction` then holds ``Stream.close()``'s result (refined poses;
+    the output folder is finalised). After a ``break``, call ``close()`` (or iterate inside a
+    ``with`` block) for the result; a stream left open is still finalised when the
+    VideoStream is garbage-collected, or at interpreter exit."""
 
     def __init__(
         self,
@@ -132,12 +152,18 @@ class VideoStream:
     ):
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be ≥ 1, got {max_frames}")
+        if stream_kwargs.get("output") is not None:  # before the source is opened
+            check_output_dir(stream_kwargs["output"], bool(stream_kwargs.get("overwrite")),
+                             [source])  # fmt: skip
         self.source = FrameSource(source, drop=drop, timeout=timeout)
         try:
             self.stream = Stream(**stream_kwargs)
         except BaseException:
             self.source.close()
             raise
+        # ``break`` out of the loop: closed when garbage-collected, or at the latest at
+        # interpreter exit (atexit, while everything close() needs is still alive)
+        self._finalizer = weakref.finalize(self, _close_quietly, self.source, self.stream)
         self.max_frames = max_frames
         self.reconstruction: Reconstruction | None = None
         self.names: list[str] = []
@@ -155,7 +181,7 @@ class VideoStream:
             raise StopIteration
         try:
             name, rgb = next(self._it)
-            res = self.stream.push(rgb)
+            res = self.stream.push(rgb, name)
         except StopIteration:
             self.close()
             raise
@@ -168,6 +194,7 @@ class VideoStream:
     def close(self) -> Reconstruction | None:
         """Stop reading and close the stream (idempotent); returns the reconstruction (None when
         no frame was processed)."""
+        self._finalizer.detach()
         self.source.close()
         if not self.stream.closed:
             if self.stream.num_frames == 0:
