@@ -385,7 +385,7 @@ def test_cli_stream_records_a_rerun_file(scene, tmp_path, monkeypatch):
     rrd = tmp_path / "live.rrd"
     args = ["stream", str(folder), "-o", str(tmp_path / "out"), "--save", str(rrd), "-q"]
     assert cli.main(args) == 0
-    assert rrd.stat().st_size > 1000
+    assert rrd.stat().st_size > scene.images[:5].nbytes // 4  # complete on return: the images
     assert len(Reconstruction.load(tmp_path / "out")) == 5
 
 

@@ -112,6 +112,9 @@ def _stream(args: argparse.Namespace) -> int:
         print(f"\nmonst3r-rt stream: interrupted after {stats.frames} frames; output finalised in "
               f"{args.output}", file=sys.stderr)  # fmt: skip
         return 130
+    finally:
+        if viewer is not None:
+            viewer.close()
     if show:
         print(file=sys.stderr)
     recon = video.reconstruction
