@@ -119,6 +119,9 @@ def _stream(args: argparse.Namespace) -> int:
             print(f"{lead}monst3r-rt stream: stopped after {len(video.reconstruction)} frames; "
                   f"output finalised in {args.output}", file=sys.stderr)  # fmt: skip
         raise
+    finally:
+        if viewer is not None:
+            viewer.close()
     if show:
         print(file=sys.stderr)
     recon = video.reconstruction

@@ -52,6 +52,8 @@ def view(
                                              radii=-2.0))  # fmt: skip
         _log_camera(rr, recon.poses[i], recon.intrinsics[i], recon.frames[i])
         rr.log("world/trajectory", rr.LineStrips3D([recon.poses[: i + 1, :3, 3]]))
+    if save is not None:
+        rr.disconnect()  # flushes rerun's background writer: the file is complete on return
 
 
 def _rerun() -> Any:
@@ -107,6 +109,11 @@ class LiveViewer:
         _log_camera(rr, res.pose, res.intrinsics, image)
         self.centres.append(res.pose[:3, 3].copy())
         rr.log("world/trajectory", rr.LineStrips3D([np.stack(self.centres)]))
+
+    def close(self) -> None:
+        """Flush what was logged (rerun writes from a background thread) and close the
+        recording: a ``save`` file is complete when this returns."""
+        self.rr.disconnect()
 
 
 def _set_frame(rr: Any, i: int) -> None:
