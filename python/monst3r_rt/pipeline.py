@@ -286,7 +286,7 @@ class Pipeline:
             )  # fmt: skip
         return self._backend
 
-    def _weights_used(self) -> tuple[str, str]:
+    def _weights_used(self) -> tuple[str | None, str | None]:
         return weights_used(self.weights_source, self._backend)
 
     def run(

@@ -44,7 +44,9 @@ def weights_fingerprint(source: str | os.PathLike[str]) -> str:
     return f"sha256:{_sha256(path, st.st_size, st.st_mtime_ns, st.st_ino)}"
 
 
-def weights_used(source: str | os.PathLike[str] | None, backend: Any = None) -> tuple[Any, Any]:
+def weights_used(
+    source: str | os.PathLike[str] | None, backend: Any = None
+) -> tuple[str | None, str | None]:
     """``(weights, weights_hash)`` as ``run.json`` records them.
 
     Args:
