@@ -467,6 +467,43 @@ def test_cli_eval_offline_run_tiny_checkpoint(workdir, tmp_path, rng, capsys):
     assert "not run again" in capsys.readouterr().err
 
 
+def test_cli_eval_refuses_another_configuration(workdir, tmp_path, rng, capsys, monkeypatch):
+    """``monst3r-rt eval`` into a results folder of another --niter, --size or --weights is a
+    one-line error naming the folder and --overwrite, before any run; the same options resume
+    without running; --overwrite recomputes."""
+    torch = pytest.importorskip("torch")
+    from tiny_models import TINY_LINEAR
+
+    from monst3r_rt.cli import main
+    from monst3r_rt.network import PointmapNet, save_checkpoint
+    from monst3r_rt.pipeline import Pipeline
+
+    _, ckpt = workdir
+    torch.manual_seed(1)
+    other = save_checkpoint(PointmapNet(**TINY_LINEAR), tmp_path / "other.pth")
+    root = tmp_path / "sintel"
+    _sintel_seq(root, "alley_2", rng, n=4)
+    out = tmp_path / "out"
+    runs = []
+    real_run = Pipeline.run
+    monkeypatch.setattr(Pipeline, "run", lambda self, *a, **k: runs.append(1) or
+                        real_run(self, *a, **k))  # fmt: skip
+    base = ["eval", "--dataset", "sintel", "--root", str(root), "--sequences", "alley_2",
+            "-o", str(out), "--backend", "torch", "--device", "cpu", "-q"]  # fmt: skip
+    argv = [*base, "--weights", str(ckpt), "--size", "224", "--niter", "5"]
+    assert main(argv) == 0 and len(runs) == 1, capsys.readouterr().err
+    assert main(argv) == 0 and len(runs) == 1  # same options: resumed
+    capsys.readouterr()
+    for change in (["--niter", "6"], ["--size", "512"], ["--weights", str(other)]):
+        changed = [*base, "--weights", str(ckpt), "--size", "224", "--niter", "5", *change]
+        assert main(changed) == 2
+        err = capsys.readouterr().err.strip()
+        assert str(out / "alley_2") in err and "--overwrite" in err and "\n" not in err, err
+        assert len(runs) == 1
+    assert main([*argv[:-1], "6", "--overwrite"]) == 0 and len(runs) == 2  # recomputed
+    assert main([*argv[:-1], "6"]) == 0 and len(runs) == 2  # and now resumed
+
+
 def test_evaluate_refuses_a_complete_folder_of_the_other_mode(sintel_case, tmp_path):
     """A rerun into a results folder whose sequence folders hold the other mode's complete runs
     is refused before any run (their numbers would be reported as this mode's); the same
@@ -495,7 +532,46 @@ def test_evaluate_refuses_a_complete_folder_of_the_other_mode(sintel_case, tmp_p
     res = evaluate("sintel", root, out, sequences=seqs, mode="stream", align="median",
                    stream_factory=lambda o: made.append(o) or Streamed(o, gts),
                    log=lambda s: None)  # fmt: skip
-    assert made == [os.path.join(out, "alley_1")] and res["mean"]["abs_rel"] < 1e-6
+    # written in a temporary folder of that name beside results/alley_1, then renamed there
+    assert [(os.path.dirname(os.path.dirname(m)), os.path.basename(m)) for m in made] == [
+        (str(out), "alley_1")] and res["mean"]["abs_rel"] < 1e-6  # fmt: skip
+
+
+def test_evaluate_resumes_only_the_same_configuration(sintel_case, tmp_path):
+    """With a configuration fingerprint, a complete sequence folder is resumed only when its
+    run.json records the same one; another (or none) is refused before any run, naming the
+    folder, unless overwrite recomputes it (replaced atomically, nothing left beside it)."""
+    from monst3r_rt.batch import stored_fingerprint
+
+    root, gts, _, _ = sintel_case
+    seqs = ["alley_2", "alley_1"]
+    out = tmp_path / "res"
+    pipe = _StubPipeline(gts)
+
+    def run(fp, **kw):
+        return evaluate("sintel", root, out, sequences=seqs, pipeline=pipe, align="median",
+                        fingerprint=fp, log=lambda s: None, **kw)  # fmt: skip
+
+    first = run("sha256:a")
+    assert pipe.calls == seqs and stored_fingerprint(out / "alley_1", "eval") == "sha256:a"
+    assert run("sha256:a")["mean"] == first["mean"] and pipe.calls == seqs  # resumed
+    assert run("sha256:a", overwrite=True) and pipe.calls == seqs  # same config: still kept
+    for fp in ("sha256:b", None):  # another configuration; a folder that records none
+        if fp is None:
+            (out / "alley_2" / "run.json").write_text("{}")
+            fp = "sha256:a"
+        with pytest.raises(FileExistsError, match=r"holds a run of another configuration") as e:
+            run(fp)
+        msg = str(e.value)
+        assert str(out / "alley_2") in msg and "--overwrite" in msg and "\n" not in msg
+        assert pipe.calls == seqs  # refused before any run
+    run("sha256:b", overwrite=True)
+    assert pipe.calls == seqs * 2
+    assert [stored_fingerprint(out / s, "eval") for s in seqs] == ["sha256:b"] * 2
+    assert sorted(os.listdir(out)) == ["alley_1", "alley_2", "metrics.csv", "metrics.json",
+                                       "table.md"]  # fmt: skip
+    with open(out / "metrics.json") as f:
+        assert json.load(f)["info"]["fingerprint"] == "sha256:b"
 
 
 def test_evaluate_refuses_foreign_folder_before_any_run(sintel_case, tmp_path):

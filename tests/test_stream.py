@@ -569,3 +569,90 @@ def test_interrupt_inside_the_output_step_keeps_the_complete_frames(scene, tmp_p
             for im in scene.images:
                 s.push(im)
     assert len(Reconstruction.load(out)) == 5
+
+
+# keys of run.json that only one mode has (every other key is in both, with the same meaning)
+OFFLINE_ONLY_KEYS = {"align_diagnostics"}  # the global alignment's report
+STREAM_ONLY_KEYS = {"latency", "encodes", "decodes", "keyframes", "refinements", "lost",
+                    "refine_failures", "focal_fallbacks"}  # fmt: skip
+
+
+def test_streamed_run_json_has_the_offline_keys(workdir, tmp_path, monkeypatch):
+    """A folder of ``stream_video(output=...)`` records what ``Pipeline.run`` + ``save`` records
+    (input, weights and their sha256, versions, config, timings, ...) for the same checkpoint,
+    clip and size; the weights are hashed by close(), not before the first frame."""
+    pytest.importorskip("torch")
+    import hashlib
+    import json
+
+    from monst3r_rt import Pipeline, runinfo
+    from monst3r_rt.align import AlignConfig
+
+    d, ckpt = workdir
+    clip = d / "clip"
+    Pipeline(weights=ckpt, device="cpu", size=224, batch_size=8, align=AlignConfig(niter=5),
+             flow=None).run(clip, num_frames=4, progress=False).save(tmp_path / "off")  # fmt: skip
+    hashed = []
+    real = runinfo.weights_fingerprint
+    monkeypatch.setattr(runinfo, "weights_fingerprint", lambda s: hashed.append(s) or real(s))
+    video = stream_video(clip, max_frames=4, weights=ckpt, device="cpu", size=224,
+                         output=tmp_path / "st")  # fmt: skip
+    next(video)
+    assert hashed == []  # nothing hashed before (or for) the first frame
+    for _ in video:
+        pass
+    assert hashed == [str(ckpt)]
+    off = json.loads((tmp_path / "off" / "run.json").read_text())
+    st = json.loads((tmp_path / "st" / "run.json").read_text())
+    assert set(off) - set(st) == OFFLINE_ONLY_KEYS
+    assert set(st) - set(off) == STREAM_ONLY_KEYS
+    sha = "sha256:" + hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert st["mode"] == "stream" and off["mode"] == "offline"
+    assert st["input"] == off["input"] == str(clip)
+    assert st["weights"] == off["weights"] == str(ckpt)
+    assert st["weights_hash"] == off["weights_hash"] == sha
+    assert st["versions"] == off["versions"] == runinfo.versions()
+    assert st["backend"] == off["backend"] and st["devices"]["network"] == "cpu"
+    for k in ("mode", "backend", "device", "size"):  # the offline config's common part
+        assert k in st["config"], k
+    assert st["config"]["size"] == off["config"]["size"] == 224
+    assert st["config"]["device"] == off["config"]["device"] == "cpu"
+    assert st["pairs"] == st["decodes"] >= 4
+    assert set(st["timings"]) == {"load_weights", "push", "final_refine"}
+    assert all(v >= 0 for v in st["timings"].values())
+    lat = st["latency"]
+    assert st["timings"]["push"] == pytest.approx(lat["total"]["total_s"], rel=1e-9)
+    assert all(0 <= v["p50_ms"] <= v["p95_ms"] for v in lat.values())
+    assert lat["network"]["total_s"] <= lat["total"]["total_s"]
+
+
+def test_stream_input_is_recorded_as_given(scene, tmp_path):
+    """Frames pushed by hand record no input unless ``Stream(input=...)`` names it; a Backend
+    instance records the weights given with it (none: null)."""
+    import json
+
+    for kw, want in (({}, None), ({"input": tmp_path / "cam.mp4"}, str(tmp_path / "cam.mp4"))):
+        out = tmp_path / f"out{len(kw)}"
+        st = Stream(backend=SimulatedBackend(scene), size=SIZE[1], output=out, **kw)
+        for im in scene.images[:3]:
+            st.push(im)
+        st.close()
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["input"] == want and meta["weights"] is None and meta["weights_hash"] is None
+
+
+def test_cli_stream_errors_name_the_options(workdir, tmp_path, capsys, monkeypatch):
+    """``monst3r-rt stream`` phrases a setting it cannot run as its flags (as ``run`` does);
+    the Python API keeps the argument names."""
+    from monst3r_rt import cli, pipeline
+
+    d, ckpt = workdir
+    monkeypatch.setattr(pipeline, "_torch_sees_gpu", lambda: False)  # no GPU, whatever is here
+    out = tmp_path / "out"
+    code = cli.main(["stream", str(d / "clip"), "-o", str(out), "--weights", str(ckpt),
+                     "--device", "cuda", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--device cuda" in err and "--device cpu" in err, err
+    assert "device='cuda'" not in err and not out.exists()
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        Stream(weights=ckpt, device="cuda")

@@ -83,7 +83,6 @@ def _run(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     from ._atomic import check_output_dir
     from .stream import StreamConfig, stream_video
-    from .stream.stats import LatencyStats
 
     check_output_dir(args.output, args.overwrite, [args.source])  # before any work
     cfg = StreamConfig(keep=args.keep, masks=args.masks, refine=args.refine)
@@ -96,8 +95,9 @@ def _stream(args: argparse.Namespace) -> int:
     video = stream_video(source, max_frames=args.max_frames, drop=False if args.no_drop else None,
                          weights=args.weights, backend=args.backend, engine=args.engine,
                          device=args.device, precision=args.precision, size=args.size,
-                         config=cfg, output=args.output, overwrite=args.overwrite)  # fmt: skip
-    stats = LatencyStats()
+                         config=cfg, output=args.output, overwrite=args.overwrite,
+                         cli=True)  # fmt: skip
+    stats = video.stream.stats
     show = not args.quiet and sys.stderr.isatty() or args.status
     try:
         for res in video:
@@ -165,7 +165,8 @@ def _export(args: argparse.Namespace) -> int:
     from ._atomic import check_output_dir
     from .deploy.export import export_onnx, format_table
     from .network import load_model
-    from .pipeline import OFFICIAL_WEIGHTS, weights_fingerprint
+    from .pipeline import OFFICIAL_WEIGHTS
+    from .runinfo import weights_fingerprint
 
     check_output_dir(args.output, args.overwrite)
     source = args.weights or OFFICIAL_WEIGHTS

@@ -3,10 +3,8 @@ global alignment → :class:`~monst3r_rt.reconstruction.Reconstruction`."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
 from .align import AlignConfig, global_align
 from .align.config import DEVICES, phrase
 from .deploy.backends import BACKENDS, check_backend
 from .reconstruction import Reconstruction
+from .runinfo import describe_input, versions, weights_used
+from .runinfo import weights_fingerprint as weights_fingerprint  # re-exported (public)
 
 OFFICIAL_WEIGHTS = "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt"
 SIZES = (224, 512)
@@ -41,22 +40,6 @@ class RunPlan:
     backend: str
     network_device: str
     align_device: str
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_fingerprint(source: str) -> str:
-    """sha256 of a local weights file (``.pth`` / ``.safetensors``, or a folder's
-    ``model.safetensors``); the repo id itself for a Hub id."""
-    if os.path.isdir(source):
-        source = os.path.join(source, "model.safetensors")
-    return f"sha256:{_sha256(source)}" if os.path.isfile(source) else source
 
 
 @dataclass
@@ -303,11 +286,8 @@ class Pipeline:
             )  # fmt: skip
         return self._backend
 
-    def _weights_used(self) -> tuple[str, str]:
-        manifest = getattr(self._backend, "manifest", None)
-        if manifest is not None:  # an exported engine: its own record of the weights
-            return manifest.weights, manifest.weights_hash
-        return self.weights_source, weights_fingerprint(self.weights_source)
+    def _weights_used(self) -> tuple[str | None, str | None]:
+        return weights_used(self.weights_source, self._backend)
 
     def run(
         self,
@@ -427,12 +407,12 @@ class Pipeline:
         weights, weights_hash = self._weights_used()  # hashes the weights file once
         return {
             "mode": self.mode,
-            "input": str(source) if not isinstance(source, np.ndarray) else "array",
+            "input": describe_input(source),
             "backend": self._backend.name,
             "devices": {"network": plan.network_device, "align": align_device},
             "weights": weights,
             "weights_hash": weights_hash,
-            "versions": _versions(),
+            "versions": versions(),
             "config": {
                 "mode": self.mode,
                 "backend": self.backend,
@@ -484,17 +464,3 @@ def _torch_sees_gpu() -> bool:
 
 def _name(flow: Any) -> str | None:
     return flow if flow is None or isinstance(flow, str) else getattr(flow, "__name__", "callable")
-
-
-def _versions() -> dict[str, str]:
-    import cv2
-
-    out = {"monst3r_rt": __version__, "python": platform.python_version(),
-           "numpy": np.__version__, "opencv": cv2.__version__}  # fmt: skip
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return out

@@ -1,5 +1,6 @@
-"""The configuration fingerprint of a batch: what decides whether an existing output folder is
-still valid (resume) or must be recomputed."""
+"""The configuration fingerprint of a run: what decides whether an existing output folder is
+still valid (resume) or must be recomputed. ``monst3r-rt batch`` records it in each video's
+``run.json`` under ``batch``, ``monst3r-rt eval`` in each sequence's under ``eval``."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def config_fingerprint(mode: str, options: dict[str, Any], weights_hash: str) ->
         mode: ``"offline"`` or ``"stream"``.
         options: the pipeline options (as given to :func:`~monst3r_rt.batch.run_many`, defaults
             filled in); :data:`NEUTRAL_OPTIONS` (batch size, device) are left out.
-        weights_hash: :func:`monst3r_rt.pipeline.weights_fingerprint` of the weights (the sha256
-            of a local file, the repo id for a Hub id) or an engine's recorded hash.
+        weights_hash: :func:`weights_hash` of the weights (the sha256 of a local file, the repo
+            id for a Hub id, or an engine's recorded hash).
 
     Returns:
         the fingerprint; it also covers the package version (``monst3r_rt.__version__``).
@@ -54,11 +55,39 @@ def config_fingerprint(mode: str, options: dict[str, Any], weights_hash: str) ->
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-def stored_fingerprint(folder: str) -> str | None:
-    """``batch.fingerprint`` of a complete output folder's ``run.json`` (None when the folder,
-    its ``run.json`` or ``reconstruction.npz`` is missing, or it was not written by a batch)."""
+def weights_hash(weights: str | os.PathLike[str] | None, engine: str | os.PathLike[str] | None
+                 = None) -> str:  # fmt: skip
+    """The weights' fingerprint without loading them: the hash an export folder ``engine``
+    recorded when one is given, else :func:`monst3r_rt.runinfo.weights_fingerprint` of
+    ``weights`` (the official weights' Hub id for None)."""
+    if engine is not None:  # an export records its weights' hash
+        from ..deploy.export import Manifest
+
+        return Manifest.load(engine).weights_hash
+    from ..pipeline import OFFICIAL_WEIGHTS
+    from ..runinfo import weights_fingerprint
+
+    return weights_fingerprint(OFFICIAL_WEIGHTS if weights is None else weights)
+
+
+def options_fingerprint(mode: str, options: dict[str, Any]) -> str:
+    """:func:`config_fingerprint` of pipeline options as :func:`~monst3r_rt.batch.run_many` takes
+    them (``mode`` ``"offline"`` or ``"stream"``; defaults filled in, so giving a default
+    explicitly changes nothing) with the :func:`weights_hash` of their ``weights`` / ``engine``.
+    Loads nothing; raises :class:`~monst3r_rt.batch.BatchError` for an unknown option."""
+    from .worker import normalize_options
+
+    opts = normalize_options(mode, options)
+    return config_fingerprint(mode, opts, weights_hash(opts["weights"], opts["engine"]))
+
+
+def stored_fingerprint(folder: str | os.PathLike[str], section: str = "batch") -> str | None:
+    """``<section>.fingerprint`` of a complete output folder's ``run.json`` (None when the
+    folder, its ``run.json`` or ``reconstruction.npz`` is missing, or it records none: not
+    written by a batch (``section="batch"``) / an evaluation (``"eval"``))."""
     from ..reconstruction import NPZ
 
+    folder = os.fspath(folder)
     run = os.path.join(folder, "run.json")
     if not (os.path.isfile(run) and os.path.isfile(os.path.join(folder, NPZ))):
         return None
@@ -67,5 +96,17 @@ def stored_fingerprint(folder: str) -> str | None:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    batch = meta.get("batch") if isinstance(meta, dict) else None
-    return batch.get("fingerprint") if isinstance(batch, dict) else None
+    record = meta.get(section) if isinstance(meta, dict) else None
+    return record.get("fingerprint") if isinstance(record, dict) else None
+
+
+def record_run(folder: str | os.PathLike[str], section: str, record: dict[str, Any]) -> None:
+    """Add ``record`` to ``folder/run.json`` under ``section`` (e.g. ``{"fingerprint": ...}``
+    for :func:`stored_fingerprint`). The folder is a temporary one not yet renamed into place,
+    so the file is rewritten directly."""
+    path = os.path.join(os.fspath(folder), "run.json")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    meta[section] = record
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, default=str)

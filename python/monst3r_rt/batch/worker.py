@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from .._atomic import commit_dir, partial_dir
+from .fingerprint import record_run, weights_hash
 from .inputs import BatchInput
 from .report import VideoResult
 
@@ -162,14 +163,8 @@ class Worker:
         return self.load_seconds
 
     def weights_hash(self) -> str:
-        """The weights' fingerprint, without loading them (an engine's recorded hash)."""
-        from ..pipeline import weights_fingerprint
-
-        if self.pipeline.engine is not None:  # an export records its weights' hash
-            from ..deploy.export import Manifest
-
-            return Manifest.load(self.pipeline.engine).weights_hash
-        return weights_fingerprint(self.pipeline.weights_source)
+        """The weights' fingerprint, without loading them (:func:`.fingerprint.weights_hash`)."""
+        return weights_hash(self.pipeline.weights_source, self.pipeline.engine)
 
     def where(self) -> dict[str, Any]:
         """``{"host", "pid"}`` of the process this worker runs in (the driver waits for a
@@ -211,12 +206,7 @@ class Worker:
             self.load()
             inner = os.path.join(staging, "out")
             frames = self._run(item.path, inner)
-            run_json = os.path.join(inner, "run.json")
-            with open(run_json, encoding="utf-8") as f:
-                meta = json.load(f)
-            meta["batch"] = {**batch_meta, "input": item.path, "name": item.name}
-            with open(run_json, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=2, default=str)
+            record_run(inner, "batch", {**batch_meta, "input": item.path, "name": item.name})
             commit_dir(inner, final)
             result.status, result.output, result.frames = "done", final, frames
         except Exception as exc:  # noqa: BLE001 - a bad video is recorded, not raised
@@ -242,6 +232,7 @@ class Worker:
 
         video = stream_video(source, max_frames=opts["max_frames"], drop=False,
                              backend=self.pipeline.backend_for_run(), size=opts["size"],
+                             weights=self.pipeline.weights_source,
                              config=opts["config"], output=out)  # fmt: skip
         for _ in video:
             pass

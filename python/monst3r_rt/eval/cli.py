@@ -16,26 +16,36 @@ def _eval(args: argparse.Namespace) -> int:
     from .score import markdown_table
 
     seqs = [s for s in args.sequences.split(",") if s] if args.sequences else None
-    pipeline = stream_factory = None
-    if args.predictions is None and args.mode == "offline":
-        from ..align import AlignConfig
-        from ..pipeline import Pipeline
+    pipeline = stream_factory = fingerprint = None
+    if args.predictions is None:
+        from ..batch import options_fingerprint
 
-        pipeline = Pipeline(weights=args.weights, backend=args.backend, device=args.device,
-                            size=args.size, engine=args.engine, precision=args.precision,
-                            align=AlignConfig(niter=args.niter), cli=True)  # fmt: skip
-    elif args.predictions is None:
-        from .runner import make_stream_factory
+        # what the runs are made of; its fingerprint decides whether a folder is resumed
+        options = {
+            "weights": args.weights,
+            "backend": args.backend,
+            "engine": args.engine,
+            "device": args.device,
+            "precision": args.precision,
+            "size": args.size,
+        }
+        if args.mode == "offline":
+            from ..align import AlignConfig
+            from ..pipeline import Pipeline
 
-        stream_factory = make_stream_factory(args.weights, backend=args.backend,
-                                             engine=args.engine, device=args.device,
-                                             precision=args.precision,
-                                             size=args.size)  # fmt: skip
+            options["align"] = AlignConfig(niter=args.niter)
+            pipeline = Pipeline(**options, cli=True)  # checks every option before any work
+        else:
+            from .runner import make_stream_factory
+
+            stream_factory = make_stream_factory(**options, cli=True)
+        fingerprint = options_fingerprint(args.mode, options)
 
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     res = evaluate(args.dataset, args.root, args.output, mode=args.mode,
                    predictions=args.predictions, sequences=seqs, align=args.align,
-                   pipeline=pipeline, stream_factory=stream_factory, log=say)  # fmt: skip
+                   pipeline=pipeline, stream_factory=stream_factory, fingerprint=fingerprint,
+                   overwrite=args.overwrite, log=say)  # fmt: skip
     print(markdown_table({args.dataset: res["mean"]}), end="")
     for s, why in res["skipped"].items():
         print(f"skipped {s}: {why}")
@@ -49,7 +59,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="the paper's evaluation: run or score a dataset's sequences",
                        description="Run the method per sequence (resumable: complete sequence "
-                       "folders are kept and not run again) or score existing output folders "
+                       "folders of the same configuration are kept and not run again; another "
+                       "configuration's are refused unless --overwrite) or score existing "
+                       "output folders "
                        "(--predictions: this package's or the official demo.py's), then write "
                        "metrics.csv, metrics.json and table.md (the paper's numbers beside "
                        "ours) into -o.")  # fmt: skip
@@ -63,6 +75,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="depth alignment (lad: the paper's scale & shift)")  # fmt: skip
     add_network_options(e)
     e.add_argument("--niter", type=int, default=300, help="alignment iterations (offline)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="recompute sequence folders written by another configuration (mode, "
+                        "weights, options or version) instead of refusing them")  # fmt: skip
     e.add_argument("-q", "--quiet", action="store_true", help="no per-sequence progress lines")
     e.set_defaults(func=_eval)
     return e

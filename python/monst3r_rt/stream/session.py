@@ -37,9 +37,11 @@ from ..align.incremental import KeyframeAligner, RefineResult
 from ..frames import FrameError, preprocess_image, to_rgb8
 from ..geometry import estimate_focal, intrinsic_matrix, project, transform_points, world_points
 from ..reconstruction import Reconstruction
+from ..runinfo import describe_input, versions, weights_used
 from .config import FrameResult, StreamConfig
 from .motion import flow_mask, geometric_mask
 from .refine import KeyframeGraph
+from .stats import LatencyStats
 from .tracking import track_sim3
 
 __all__ = ["Stream"]
@@ -99,6 +101,25 @@ class Stream:
         output: a folder: every frame is spilled beside it as it arrives and the folder is
             written atomically by ``close()`` in the offline job's formats.
         overwrite: replace an existing non-empty ``output`` (refused otherwise).
+        input: what the frames come from, recorded as ``run.json``'s ``input`` (as the offline
+            job records its source; :func:`~monst3r_rt.stream_video` passes its source); None
+            (default) records ``null``, e.g. for frames pushed from your own loop. Never read.
+        cli: phrase errors as ``monst3r-rt stream`` options (``--device``, ``--size``; set by the
+            command line) instead of Python arguments.
+
+    ``close()`` records in ``run.json`` (and the result's ``meta``) the keys of the offline
+    job's ``run.json`` with the same meaning — ``mode`` (``"stream"``), ``input``, ``backend``,
+    ``devices``, ``weights``, ``weights_hash``, ``versions``, ``config`` (``mode``,
+    ``backend``, ``device``, ``size`` and the :class:`StreamConfig` fields), ``pairs`` (decoder
+    passes), ``timings`` (seconds: ``load_weights`` (this constructor), ``push`` (all
+    :meth:`push` calls), ``final_refine`` (``close()``'s wait and final solve)) — except the
+    offline-only ``align_diagnostics``, plus the stream's own: ``latency`` (per-frame stage →
+    ``{"total_s", "p50_ms", "p95_ms"}``, :meth:`LatencyStats.summary`), ``encodes``,
+    ``decodes``, ``keyframes``, ``refinements``, ``lost``, ``refine_failures``,
+    ``focal_fallbacks``. The weights' sha256 is computed by ``close()``, never before the first
+    frame (:func:`monst3r_rt.runinfo.weights_fingerprint`: once per process per file). With a
+    :class:`~monst3r_rt.Backend` instance, ``weights`` is recorded as given (None: unknown)
+    unless the instance is an exported engine with its own record.
 
     Raises:
         ValueError / RuntimeError / FileExistsError before anything is loaded, for settings
@@ -117,9 +138,12 @@ class Stream:
         config: StreamConfig | None = None,
         output: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
+        input: Any = None,
+        cli: bool = False,
     ):
         from ..deploy.backends import Backend
 
+        t_load = time.perf_counter()
         self.config = cfg = config or StreamConfig()
         cfg.check()
         if cfg.keep == "none" and output is None:
@@ -127,10 +151,12 @@ class Stream:
         if output is not None:  # before anything is loaded: nothing the user has is touched
             check_output_dir(output, overwrite)
         self.size = size
-        self._meta: dict[str, Any] = {"mode": "stream", "config": cfg.to_dict()}
         align_device = "cpu"
         if isinstance(backend, Backend):
             self.backend = backend
+            self._weights = None if weights is None else os.fspath(weights)
+            net_device = getattr(backend, "device", None)
+            net_device = None if net_device is None else str(net_device)
         else:
             from ..pipeline import Pipeline
 
@@ -142,11 +168,22 @@ class Stream:
                 precision=precision,
                 size=size,
                 flow=None,
+                cli=cli,
             )
             plan = pipe.check()
             align_device = plan.align_device
+            net_device = plan.network_device
             self.backend = pipe.backend_for_run()
-            self._meta["weights"] = pipe.weights_source
+            self._weights = pipe.weights_source
+        refine_device = align_device if cfg.refine_objective != "rays" else "cpu"
+        self._meta: dict[str, Any] = {
+            "mode": "stream",
+            "input": describe_input(input),
+            "devices": {"network": net_device, "align": refine_device},
+            "config": {"mode": "stream", "backend": backend if isinstance(backend, str) else
+                       getattr(backend, "name", "custom"), "device": net_device, "size": size,
+                       **cfg.to_dict()},
+        }  # fmt: skip
         if cfg.refine_objective == "rays":
             self._graph: Any = KeyframeGraph(
                 huber=cfg.track_huber, axial_weight=cfg.track_axial_weight
@@ -180,6 +217,9 @@ class Stream:
         self.refinements: list[RefineResult] = []
         self.result: Reconstruction | None = None  # what close() returned
         self.refine_failures: list[str] = []  # errors of refinements that could not be solved
+        self.stats = LatencyStats()  # per-stage latencies of every pushed frame
+        self._timings = {"load_weights": time.perf_counter() - t_load, "push": 0.0,
+                         "final_refine": 0.0}  # fmt: skip
 
     # ---- context manager -------------------------------------------------------------------------
     def __enter__(self) -> Stream:
@@ -281,7 +321,10 @@ class Stream:
         self.last_image = rgb
         timings["total"] = time.perf_counter() - t_start
         k = intrinsic_matrix(focal, (depth.shape[1] / 2, depth.shape[0] / 2))
-        return FrameResult(t, pose, depth, k, conf, mask, is_kf, timings, decodes)
+        result = FrameResult(t, pose, depth, k, conf, mask, is_kf, timings, decodes)
+        self.stats.add(result)
+        self._timings["push"] += timings["total"]
+        return result
 
     def _prepare(self, image: Any, t: int) -> np.ndarray:
         """(H,W,3) uint8 RGB at model resolution; errors name the frame."""
@@ -598,6 +641,7 @@ class Stream:
                 raise RuntimeError("Stream.close(): the stream was aborted (or nothing pushed)")
             return self.result  # a second close() (e.g. after a with-block) returns the same
         self._closed = True
+        t0 = time.perf_counter()
         try:
             self._join()
             if self.config.final_refine and self.config.refine != "off" and len(self._kf_pose) > 1:
@@ -605,6 +649,7 @@ class Stream:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+        self._timings["final_refine"] = time.perf_counter() - t0
         if not self._records:
             if self._writer is not None:
                 self._writer.abort()
@@ -624,9 +669,16 @@ class Stream:
         poses = self.poses()
         k = self._intrinsics()
         scales = self._depth_scales()
+        weights, weights_hash = weights_used(self._weights, self.backend)  # hashed here, once
         meta = dict(
             self._meta,
             backend=getattr(self.backend, "name", "custom"),
+            weights=weights,
+            weights_hash=weights_hash,
+            versions=versions(),
+            pairs=self.decodes,
+            timings=dict(self._timings),
+            latency=self.stats.summary(),
             encodes=self.encodes,
             decodes=self.decodes,
             keyframes=self.keyframes,

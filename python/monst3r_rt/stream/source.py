@@ -157,7 +157,7 @@ class VideoStream:
                              [source])  # fmt: skip
         self.source = FrameSource(source, drop=drop, timeout=timeout)
         try:
-            self.stream = Stream(**stream_kwargs)
+            self.stream = Stream(**{"input": source, **stream_kwargs})
         except BaseException:
             self.source.close()
             raise
@@ -216,7 +216,8 @@ def stream_video(source: Any, **kwargs: Any) -> VideoStream:
 
     Keyword arguments: ``max_frames``, ``drop`` (live sources: drop frames that arrive while
     one is processed; default True for live sources), ``timeout`` (seconds without a frame
-    before a live source counts as stopped), and every :class:`Stream` argument.
+    before a live source counts as stopped), and every :class:`Stream` argument (``input``,
+    what ``run.json`` records as the input, defaults to ``source``).
 
     Returns:
         a :class:`VideoStream` (iterate it; ``.reconstruction`` after the end).

@@ -54,6 +54,20 @@ class LatencyStats:
             parts.append(f"dropped {dropped}")
         return "  ".join(parts)
 
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Every stage seen (:data:`STAGES` order, then ``non_network``) → ``{"total_s": seconds
+        summed over the frames, "p50_ms", "p95_ms": percentiles of one frame's latency in
+        milliseconds}`` (``run.json``'s ``latency`` of a streamed folder)."""
+        return {
+            s: {
+                "total_s": float(np.sum(self.timings[s])),
+                "p50_ms": self.percentile(s, 50),
+                "p95_ms": self.percentile(s, 95),
+            }
+            for s in (*STAGES, "non_network")
+            if s in self.timings
+        }
+
     def rows(self) -> list[tuple[str, str]]:
         """(stage, "p50 / p95 ms") rows for every stage seen, then the decoder passes."""
         out = [
