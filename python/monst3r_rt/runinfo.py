@@ -14,18 +14,26 @@ import numpy as np
 
 from ._version import __version__
 
-__all__ = ["describe_input", "versions", "weights_fingerprint", "weights_used"]
+__all__ = ["describe_input", "sha256_of_files", "versions", "weights_fingerprint", "weights_used"]
+
+
+def sha256_of_files(*paths: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of the files' bytes one after the other (missing files are skipped),
+    read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
     """sha256 hex digest of a file; cached per (path, size, mtime, inode), so a file is hashed
     once per process unless it changes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of_files(path)
 
 
 def weights_fingerprint(source: str | os.PathLike[str]) -> str:

@@ -15,7 +15,6 @@ FP32 inputs and outputs, so that TensorRT builds them strongly typed (spec: depl
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..runinfo import sha256_of_files
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}
 # bf16: ONNX Conv accepts bfloat16 only from opset 22, which the TorchScript exporter cannot write;
@@ -68,13 +68,7 @@ class Manifest:
 
 def file_sha256(path: str) -> str:
     """sha256 of an ONNX graph together with its external data file, when there is one."""
-    h = hashlib.sha256()
-    for p in (path, path + ".data"):
-        if os.path.isfile(p):
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
+    return sha256_of_files(path, path + ".data")
 
 
 def _graphs(net: Any, size: tuple[int, int], precision: str) -> tuple[Any, Any]:
