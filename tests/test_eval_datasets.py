@@ -277,8 +277,10 @@ def test_score_both_layouts_against_closed_forms(sintel_case, tmp_path):
         assert r["invalid_pred"] == 0 and r["valid_pixels"] == 5 * (H - 1) * W - 5 * 3
         assert r["ate"] < 1e-5 and r["rpe_trans"] < 1e-5 and r["rpe_rot"] < 1e-3
         results.append(r)
-    for k in ("abs_rel", "ate", "rpe_rot", "delta_1_25"):
-        np.testing.assert_allclose(results[0][k], results[1][k], rtol=1e-5, atol=1e-6)
+    # the layouts agree on the depth metrics; their pose errors are float32 storage noise, each
+    # bounded above (comparing two noise values would depend on the CPU's rounding)
+    for k in ("abs_rel", "delta_1_25"):
+        np.testing.assert_allclose(results[0][k], results[1][k], rtol=1e-5)
     # ground truth as prediction, at another resolution (cubic resize of a constant is exact)
     gt_pred = np.full((5, H // 2, W // 2), 2.0, np.float32)
     folder = str(tmp_path / "gt_official")
