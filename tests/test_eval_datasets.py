@@ -336,6 +336,8 @@ def test_evaluate_predictions_writes_csv_json_table(sintel_case, tmp_path):
     table = open(res["paths"]["table"]).read()
     assert "| MonST3R (paper) | 0.335 | 58.5 |" in table
     assert "| MonST3R (paper) | 0.108 | 0.042 | 0.732 |" in table
+    ours = f"| monst3r_rt (predictions) | {res['mean']['abs_rel']:.3f} |"
+    assert ours in table  # the row says how its numbers were made
     with pytest.raises(FileNotFoundError, match=r"\['alley_1'\]"):
         os.rename(pred_dir / "alley_1", tmp_path / "moved")
         evaluate("sintel", root, out, predictions=pred_dir, sequences=["alley_2", "alley_1"])

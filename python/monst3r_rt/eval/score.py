@@ -305,8 +305,9 @@ def write_results(
 ) -> dict[str, str]:
     """Write ``metrics.csv`` (one row per sequence, then ``mean``), ``metrics.json``
     (per-sequence, mean, the paper's numbers, skipped sequences with the reason, ``info``) and
-    ``table.md`` (:func:`markdown_table`, then the per-sequence table and the skipped
-    sequences). Returns the paths by kind.
+    ``table.md`` (:func:`markdown_table`, its row labelled with ``info["mode"]`` when given —
+    offline, stream or predictions —, then the per-sequence table and the skipped sequences).
+    Returns the paths by kind.
 
     Raises:
         ValueError: when no sequence was scored.
@@ -333,8 +334,10 @@ def write_results(
            "info": dict(info or {})}  # fmt: skip
     with open(paths["json"], "w") as f:
         json.dump(doc, f, indent=2, default=float)
+    mode = (info or {}).get("mode")  # the row says how the numbers were made
+    label = f"monst3r_rt ({mode})" if mode else "monst3r_rt"
     md = [f"# {_TITLES.get(dataset, dataset)}: {len(per_sequence)} sequences\n",
-          markdown_table({dataset: mean}), _per_sequence_table(per_sequence)]  # fmt: skip
+          markdown_table({dataset: mean}, label), _per_sequence_table(per_sequence)]  # fmt: skip
     if skipped:
         md.append("Skipped sequences (not in the means):\n\n" +
                   "".join(f"- {s}: {why}\n" for s, why in skipped.items()))  # fmt: skip
