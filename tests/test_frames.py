@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -287,6 +288,21 @@ def test_video_stride_num_frames_fps(tmp_path: Path, ext: str) -> None:
     assert fr.indices.tolist() == [0, 4, 8]
     fr = load_frames([vid], fps=3)  # round(10 / 3) = 3
     assert fr.indices.tolist() == [0, 3, 6, 9]
+
+
+def test_truncated_video_warns_and_keeps_what_decodes(tmp_path: Path) -> None:
+    vid = _write_video(tmp_path / "clip.avi", n=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a whole video, or one read only in part: no warning
+        assert len(load_frames(vid)) == 12
+        assert len(load_frames(vid, num_frames=3)) == 3
+    data = vid.read_bytes()
+    movi, idx1 = data.index(b"movi"), data.rindex(b"idx1")  # frame data between these
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: (movi + idx1) // 2])  # half the frames; the header still says 12
+    with pytest.warns(UserWarning, match=r"cut\.avi.*reports 12 frames but only (\d+) could"):
+        fr = load_frames(cut)
+    assert 0 < len(fr) < 12
 
 
 def test_fps_rejected_for_images(tmp_path: Path) -> None:

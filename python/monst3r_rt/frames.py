@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -353,8 +354,19 @@ def _video_items(path: str, fps: float | None) -> Generator[_Item, None, None]:
 
                 yield f"{base}_frame_{k}", k, decode, f"{path} (frame {k})"
             k += 1
+        _warn_if_truncated(path, k, cap.get(cv2.CAP_PROP_FRAME_COUNT))
     finally:
         cap.release()
+
+
+def _warn_if_truncated(path: str, read: int, reported: float) -> None:
+    """Warn when a video ends well before the frame count its container reports (a truncated
+    or damaged file); the count is an estimate for some containers, so a frame or two and 10 %
+    of slack are allowed."""
+    if math.isfinite(reported) and reported - read >= 2 and read < 0.9 * reported:
+        warnings.warn(f"video {path!r}: its container reports {int(reported)} frames but only "
+                      f"{read} could be read (truncated or damaged file?); using those {read}",
+                      UserWarning, stacklevel=3)  # fmt: skip
 
 
 def _array_items(arrs: Sequence[np.ndarray]) -> Generator[_Item, None, None]:
