@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -410,6 +411,9 @@ def test_ray_interrupt_keeps_finished_folders_and_nothing_partial(clips, tmp_pat
     rep = run_many([d / "videos" / f"{n}.avi" for n in CLIPS], root, ray_address="auto",
                    workers=2, on_result=ctrl_c, **opts)  # fmt: skip
     assert rep.interrupted and len(rep.done) == 1
+    table = rep.table()  # counts the inputs, not only what finished
+    assert re.search(rf"^videos +{len(CLIPS)}$", table, re.M), table
+    assert re.search(rf"^not run +{len(CLIPS) - 1}$", table, re.M), table
     assert not _partials(root)
     finished = [n for n in os.listdir(root) if n != REPORT_FILE]
     assert finished and set(finished) <= set(CLIPS)

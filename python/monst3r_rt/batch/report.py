@@ -51,6 +51,7 @@ class BatchReport:
         workers: per worker id, ``{"load_seconds": s, "loads": n, "videos": n}`` (weights are
             loaded once per worker: ``loads`` is 1 unless the worker was restarted).
         interrupted: the batch was stopped (Ctrl-C) before every video was processed.
+        inputs: how many videos the batch was given (0: unknown, the results' count is used).
     """
 
     out_root: str
@@ -60,6 +61,7 @@ class BatchReport:
     seconds: float = 0.0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
+    inputs: int = 0
 
     def _by(self, status: str) -> list[VideoResult]:
         return [r for r in self.results if r.status == status]
@@ -101,7 +103,7 @@ class BatchReport:
         """The final summary: counts, frames, time, throughput, and each failure."""
         s = max(self.seconds, 1e-9)
         rows = [
-            ("videos", str(len(self.results))),
+            ("videos", str(max(self.inputs, len(self.results)))),
             ("done", str(len(self.done))),
             ("skipped", str(len(self.skipped))),
             ("failed", str(len(self.failed))),
@@ -113,6 +115,7 @@ class BatchReport:
         ]
         if self.interrupted:
             rows.append(("interrupted", "yes (finished folders are complete)"))
+            rows.append(("not run", str(max(self.inputs - len(self.results), 0))))
         rows += [(f"failed {r.name}", r.error or "") for r in self.failed]
         rows.append(("report", self.path))
         width = max(len(k) for k, _ in rows)

@@ -151,7 +151,7 @@ def run_many(
     root = _check_out_root(os.fspath(out_root))
     fingerprint = config_fingerprint(mode, probe.options, probe.weights_hash())
     todo, skip = _plan(items, root, fingerprint, overwrite)
-    report = BatchReport(out_root=root, mode=mode, fingerprint=fingerprint)
+    report = BatchReport(out_root=root, mode=mode, fingerprint=fingerprint, inputs=len(items))
     report.start_file()
     bar = _Progress(len(items), progress)
     t0 = time.perf_counter()
