@@ -253,15 +253,18 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
         wheres[slot] = actor.where.remote()  # runs first: actor calls are in order
         return actor, name
 
-    def kill(slot: int) -> None:
-        """Kill the actor in ``slot`` and wait until its process has ended: a killed actor's
-        call fails at once, while the process may still be writing its temporary folder."""
-        ray.kill(actors[slot][0])
-        try:
-            where = ray.get(wheres[slot], timeout=10)
-        except Exception:  # noqa: BLE001 - died before it ran anything
-            return
-        wait_gone(where)
+    def kill(*slots: int) -> None:
+        """Kill the actors in ``slots``, then wait until their processes have ended (all killed
+        first, so the waits overlap): a killed actor's call fails at once, while its process
+        may still be writing its temporary folder."""
+        for slot in slots:
+            ray.kill(actors[slot][0])
+        for slot in slots:
+            try:
+                where = ray.get(wheres[slot], timeout=10)
+            except Exception:  # noqa: BLE001 - died before it ran anything
+                continue
+            wait_gone(where)
 
     wheres: dict[int, Any] = {}
 
@@ -305,8 +308,7 @@ def _run_ray(mode: str, options: dict[str, Any], todo: list[BatchInput], root: s
         for actor, name in actors.values():
             _collect_stats(ray, report, name, actor)
     finally:
-        for slot in actors:  # interrupted: killed attempts' processes end, then folders go
-            kill(slot)
+        kill(*actors)  # interrupted: killed attempts' processes end, then folders go
         for _, item in inflight.values():
             clean_partials(root, item.name)
         if started:
